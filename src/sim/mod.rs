@@ -1,0 +1,8 @@
+//! The embedded dev cluster: an in-memory, Kubernetes-compatible API server and simulated
+//! kubelets. Tests, the demo and the benchmarks run against it. Agent code never imports it.
+
+pub mod error;
+pub mod patch;
+pub mod resource;
+pub mod selector;
+pub mod store;

@@ -1,0 +1,3 @@
+//! End-to-end tests: one test binary (linking once on 2 cores), one module per area.
+
+mod sim_conformance;
