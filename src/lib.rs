@@ -1,3 +1,12 @@
 //! staticpod-puller: keeps an edge node's static pods in the state its operators declared.
 
+pub mod agent;
+pub mod config;
+pub mod controller;
+pub mod demo;
+pub mod desired;
+pub mod kubeclient;
+pub mod manifest;
+pub mod resources;
+pub mod rollout;
 pub mod sim;

@@ -15,7 +15,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: String, details: Value) -> Self {
-        ApiError { code, reason, message, details }
+        ApiError {
+            code,
+            reason,
+            message,
+            details,
+        }
     }
 
     fn details(rt: &ResourceType, name: &str) -> Value {
@@ -27,16 +32,31 @@ impl ApiError {
     }
 
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.qualified()), Self::details(rt, name))
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.qualified()),
+            Self::details(rt, name),
+        )
     }
 
     /// 404 for a path that names no resource.
     pub fn not_found_path(what: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({what})"), json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({what})"),
+            json!({}),
+        )
     }
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", rt.qualified()), Self::details(rt, name))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.qualified()),
+            Self::details(rt, name),
+        )
     }
 
     pub fn conflict(rt: &ResourceType, name: &str) -> Self {
@@ -77,14 +97,25 @@ impl ApiError {
     }
 
     pub fn gone(requested: u64, oldest: u64) -> Self {
-        Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"), json!({}))
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+            json!({}),
+        )
     }
 
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized".to_string(), json!({}))
     }
 
-    pub fn forbidden(user: &str, verb: &str, resource: &str, ns: Option<&str>, reason: &str) -> Self {
+    pub fn forbidden(
+        user: &str,
+        verb: &str,
+        resource: &str,
+        ns: Option<&str>,
+        reason: &str,
+    ) -> Self {
         let scope = match ns {
             Some(ns) => format!(" in the namespace \"{ns}\""),
             None => " at the cluster scope".to_string(),
@@ -92,7 +123,9 @@ impl ApiError {
         Self::new(
             403,
             "Forbidden",
-            format!("{resource} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\"{scope}: {reason}"),
+            format!(
+                "{resource} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\"{scope}: {reason}"
+            ),
             json!({"kind": resource}),
         )
     }

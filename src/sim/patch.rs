@@ -69,8 +69,15 @@ pub fn apply(kind: PatchKind, target: &Value, body: &[u8]) -> Result<Value, Patc
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "conditions" => "type",
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
-        | "containerStatuses" | "initContainerStatuses" | "ephemeralContainerStatuses" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "containerStatuses"
+        | "initContainerStatuses"
+        | "ephemeralContainerStatuses" => "name",
         "volumeMounts" => "mountPath",
         "ports" => "containerPort",
         "ownerReferences" => "uid",
@@ -89,7 +96,9 @@ fn strategic_merge_map(doc: &mut Value, patch: &Map<String, Value>) {
         *doc = Value::Object(replaced);
         return;
     }
-    let Some(map) = doc.as_object_mut() else { return };
+    let Some(map) = doc.as_object_mut() else {
+        return;
+    };
     for (key, value) in patch {
         if key.starts_with('$') {
             continue;
@@ -98,7 +107,9 @@ fn strategic_merge_map(doc: &mut Value, patch: &Map<String, Value>) {
             Value::Null => {
                 map.remove(key);
             }
-            Value::Object(sub) => strategic_merge_map(map.entry(key.clone()).or_insert(Value::Null), sub),
+            Value::Object(sub) => {
+                strategic_merge_map(map.entry(key.clone()).or_insert(Value::Null), sub)
+            }
             Value::Array(items) => match (merge_key(key), map.get_mut(key)) {
                 (Some(mk), Some(Value::Array(existing))) => merge_list(existing, items, mk),
                 (Some(mk), _) => {
@@ -124,7 +135,9 @@ fn merge_list(existing: &mut Vec<Value>, items: &[Value], key: &str) {
             continue;
         };
         let id = obj.get(key);
-        let position = existing.iter().position(|e| id.is_some() && e.get(key) == id);
+        let position = existing
+            .iter()
+            .position(|e| id.is_some() && e.get(key) == id);
         let delete = obj.get("$patch").and_then(Value::as_str) == Some("delete");
         match (position, delete) {
             (Some(i), true) => {
@@ -155,23 +168,44 @@ mod tests {
 
     #[test]
     fn strategic_patch_merges_conditions_by_type_and_keeps_kubelets() {
-        let patch = json!({"status": {"conditions": [{"type": "PodNeedUpgrade", "status": "True"}]}});
+        let patch =
+            json!({"status": {"conditions": [{"type": "PodNeedUpgrade", "status": "True"}]}});
         let out = apply(PatchKind::Strategic, &pod(), patch.to_string().as_bytes()).unwrap();
-        let types: Vec<_> = out["status"]["conditions"].as_array().unwrap().iter().map(|c| c["type"].clone()).collect();
-        assert_eq!(types, vec![json!("Ready"), json!("PodScheduled"), json!("PodNeedUpgrade")]);
+        let types: Vec<_> = out["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].clone())
+            .collect();
+        assert_eq!(
+            types,
+            vec![
+                json!("Ready"),
+                json!("PodScheduled"),
+                json!("PodNeedUpgrade")
+            ]
+        );
 
         let update = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
         let out = apply(PatchKind::Strategic, &out, update.to_string().as_bytes()).unwrap();
-        assert_eq!(out["status"]["conditions"][0], json!({"type": "Ready", "status": "False"}));
+        assert_eq!(
+            out["status"]["conditions"][0],
+            json!({"type": "Ready", "status": "False"})
+        );
         assert_eq!(out["status"]["conditions"].as_array().unwrap().len(), 3);
         assert_eq!(out["status"]["phase"], "Running");
     }
 
     #[test]
     fn merge_patch_replaces_lists_as_rfc7386_says() {
-        let patch = json!({"status": {"conditions": [{"type": "PodNeedUpgrade", "status": "True"}]}});
+        let patch =
+            json!({"status": {"conditions": [{"type": "PodNeedUpgrade", "status": "True"}]}});
         let out = apply(PatchKind::Merge, &pod(), patch.to_string().as_bytes()).unwrap();
-        assert_eq!(out["status"]["conditions"].as_array().unwrap().len(), 1, "merge patch drops Ready");
+        assert_eq!(
+            out["status"]["conditions"].as_array().unwrap().len(),
+            1,
+            "merge patch drops Ready"
+        );
     }
 
     #[test]
@@ -179,7 +213,10 @@ mod tests {
         let patch = json!({"status": {"phase": null, "conditions": [{"type": "Ready", "$patch": "delete"}]}});
         let out = apply(PatchKind::Strategic, &pod(), patch.to_string().as_bytes()).unwrap();
         assert!(out["status"].get("phase").is_none());
-        assert_eq!(out["status"]["conditions"], json!([{"type": "PodScheduled", "status": "True"}]));
+        assert_eq!(
+            out["status"]["conditions"],
+            json!([{"type": "PodScheduled", "status": "True"}])
+        );
     }
 
     #[test]

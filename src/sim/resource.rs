@@ -13,7 +13,10 @@ pub struct ResourceKey {
 
 impl ResourceKey {
     pub fn new(group: &str, plural: &str) -> Self {
-        ResourceKey { group: group.to_string(), plural: plural.to_string() }
+        ResourceKey {
+            group: group.to_string(),
+            plural: plural.to_string(),
+        }
     }
 
     /// A resource of the core (legacy, `/api/v1`) group.
@@ -98,7 +101,11 @@ impl ResourceType {
             .or_else(|| versions.iter().find(|v| v["served"] == true))?;
         let strings = |v: Option<&Value>| -> Vec<String> {
             v.and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let printer_columns = version
@@ -138,7 +145,15 @@ impl ResourceType {
     }
 }
 
-fn builtin(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool, short: &[&str], status: bool) -> ResourceType {
+fn builtin(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    namespaced: bool,
+    short: &[&str],
+    status: bool,
+) -> ResourceType {
     ResourceType {
         group: group.to_string(),
         version: version.to_string(),
@@ -161,18 +176,106 @@ pub fn builtin_types() -> Vec<ResourceType> {
         builtin("", "v1", "Node", "nodes", false, &["no"], true),
         builtin("", "v1", "Pod", "pods", true, &["po"], true),
         builtin("", "v1", "Event", "events", true, &["ev"], false),
-        builtin("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], false),
+        builtin(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            true,
+            &["sa"],
+            false,
+        ),
         builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"], false),
         builtin("", "v1", "Secret", "secrets", true, &[], false),
-        builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"], false),
-        builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false),
-        builtin("apps", "v1", "Deployment", "deployments", true, &["deploy"], true),
-        builtin("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[], false),
-        builtin("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", false, &[], true),
-        builtin("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", false, &[], false),
-        builtin("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"], true),
+        builtin(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            true,
+            &["ev"],
+            false,
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            true,
+            &[],
+            false,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "Deployment",
+            "deployments",
+            true,
+            &["deploy"],
+            true,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            &[],
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            &[],
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            &[],
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            &[],
+            false,
+        ),
+        builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            false,
+            &[],
+            true,
+        ),
+        builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+            false,
+            &[],
+            false,
+        ),
+        builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+            &["crd", "crds"],
+            true,
+        ),
     ]
 }

@@ -37,9 +37,12 @@ impl Selectors {
                 } else if let Some((k, v)) = req.split_once('=') {
                     (k, v, true)
                 } else {
-                    return Err(format!("invalid field selector {req:?}: expected field=value"));
+                    return Err(format!(
+                        "invalid field selector {req:?}: expected field=value"
+                    ));
                 };
-                sel.fields.push((path.trim().to_string(), value.trim().to_string(), equal));
+                sel.fields
+                    .push((path.trim().to_string(), value.trim().to_string(), equal));
             }
         }
         Ok(sel)
@@ -87,7 +90,11 @@ fn split_top_level(s: &str) -> Vec<String> {
         current.push(c);
     }
     parts.push(current);
-    parts.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn parse_label_requirement(req: &str) -> Result<LabelRequirement, String> {
@@ -96,14 +103,23 @@ fn parse_label_requirement(req: &str) -> Result<LabelRequirement, String> {
             .trim()
             .strip_prefix('(')
             .and_then(|r| r.strip_suffix(')'))
-            .ok_or_else(|| format!("invalid label selector {req:?}: expected a list in parentheses"))?;
-        Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+            .ok_or_else(|| {
+                format!("invalid label selector {req:?}: expected a list in parentheses")
+            })?;
+        Ok(inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect())
     };
     if let Some(key) = req.strip_prefix('!') {
         return Ok(LabelRequirement::NotExists(key.trim().to_string()));
     }
     if let Some((k, v)) = req.split_once("!=") {
-        return Ok(LabelRequirement::NotEquals(k.trim().into(), v.trim().into()));
+        return Ok(LabelRequirement::NotEquals(
+            k.trim().into(),
+            v.trim().into(),
+        ));
     }
     if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
         return Ok(LabelRequirement::Equals(k.trim().into(), v.trim().into()));

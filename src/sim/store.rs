@@ -105,7 +105,10 @@ impl Store {
                 json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]},
                        "status": {"phase": "Active"}}),
             );
-            debug_assert!(created.is_ok(), "a fresh store accepts the standard namespaces");
+            debug_assert!(
+                created.is_ok(),
+                "a fresh store accepts the standard namespaces"
+            );
         }
         store
     }
@@ -141,7 +144,12 @@ impl Store {
     }
 
     /// The type serving `group/version` kind `kind`, if any.
-    pub fn resource_for_kind(&self, group: &str, version: &str, kind: &str) -> Option<ResourceType> {
+    pub fn resource_for_kind(
+        &self,
+        group: &str,
+        version: &str,
+        kind: &str,
+    ) -> Option<ResourceType> {
         self.lock()
             .types
             .values()
@@ -153,7 +161,12 @@ impl Store {
         self.lock().rv
     }
 
-    pub fn get(&self, key: &ResourceKey, ns: Option<&str>, name: &str) -> Result<Arc<Value>, ApiError> {
+    pub fn get(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
         let inner = self.lock();
         let rt = inner.served(key)?;
         let ns = rt.scope(ns)?;
@@ -182,7 +195,12 @@ impl Store {
         Ok((items, inner.rv))
     }
 
-    pub fn create(&self, key: &ResourceKey, ns: Option<&str>, mut obj: Value) -> Result<Arc<Value>, ApiError> {
+    pub fn create(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.lock();
         let rt = inner.served(key)?.clone();
         let ns = rt.scope(ns)?;
@@ -199,7 +217,13 @@ impl Store {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => match meta.get("generateName").and_then(Value::as_str) {
                 Some(prefix) if !prefix.is_empty() => format!("{prefix}{}", random_suffix()),
-                _ => return Err(ApiError::invalid(&rt, "", "metadata.name: Required value: name or generateName is required")),
+                _ => {
+                    return Err(ApiError::invalid(
+                        &rt,
+                        "",
+                        "metadata.name: Required value: name or generateName is required",
+                    ));
+                }
             },
         };
         validate_name(&rt, &name)?;
@@ -228,7 +252,15 @@ impl Store {
             reset_status_on_create(&rt, &mut obj);
         }
         let obj = Arc::new(obj);
-        inner.commit(&self.feed, rv, key, (ns, name), ChangeKind::Added, None, obj.clone());
+        inner.commit(
+            &self.feed,
+            rv,
+            key,
+            (ns, name),
+            ChangeKind::Added,
+            None,
+            obj.clone(),
+        );
         drop(inner);
         if rt.is_crd() {
             self.crd_written(&obj)?;
@@ -336,9 +368,20 @@ impl Store {
                     set_field(&mut proposed, "status", status);
                 }
                 // Server-owned metadata comes from the stored object.
-                let old_meta = current.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+                let old_meta = current
+                    .get("metadata")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
                 let meta = metadata_mut(&mut proposed)?;
-                for field in ["uid", "creationTimestamp", "generation", "namespace", "name", "deletionTimestamp"] {
+                for field in [
+                    "uid",
+                    "creationTimestamp",
+                    "generation",
+                    "namespace",
+                    "name",
+                    "deletionTimestamp",
+                ] {
                     match old_meta.get(field) {
                         Some(v) => meta.insert(field.into(), v.clone()),
                         None => meta.remove(field),
@@ -346,7 +389,10 @@ impl Store {
                 }
                 set_type_meta(&rt, &mut proposed);
                 if spec_of(&proposed) != spec_of(&current) {
-                    let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+                    let generation = old_meta
+                        .get("generation")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1);
                     metadata_mut(&mut proposed)?.insert("generation".into(), json!(generation + 1));
                 }
                 proposed
@@ -361,7 +407,15 @@ impl Store {
         let rv = inner.rv + 1;
         metadata_mut(&mut merged)?.insert("resourceVersion".into(), json!(rv.to_string()));
         let obj = Arc::new(merged);
-        inner.commit(&self.feed, rv, key, id, ChangeKind::Modified, Some(current), obj.clone());
+        inner.commit(
+            &self.feed,
+            rv,
+            key,
+            id,
+            ChangeKind::Modified,
+            Some(current),
+            obj.clone(),
+        );
         drop(inner);
         if rt.is_crd() {
             self.crd_written(&obj)?;
@@ -398,7 +452,15 @@ impl Store {
         let mut last = (*current).clone();
         metadata_mut(&mut last)?.insert("resourceVersion".into(), json!(rv.to_string()));
         let last = Arc::new(last);
-        inner.commit(&self.feed, rv, key, id, ChangeKind::Deleted, Some(current), last.clone());
+        inner.commit(
+            &self.feed,
+            rv,
+            key,
+            id,
+            ChangeKind::Deleted,
+            Some(current),
+            last.clone(),
+        );
         drop(inner);
         if rt.is_crd()
             && let Some(served) = ResourceType::from_crd(&last)
@@ -419,7 +481,9 @@ impl Store {
                 .values()
                 .map(|obj| {
                     Arc::new(Change {
-                        rv: meta_str(obj, "resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0),
+                        rv: meta_str(obj, "resourceVersion")
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0),
                         resource: key.clone(),
                         kind: ChangeKind::Added,
                         old: None,
@@ -439,7 +503,11 @@ impl Store {
                     .collect()
             }
         };
-        Ok(WatchStart { replay, live, rv: inner.rv })
+        Ok(WatchStart {
+            replay,
+            live,
+            rv: inner.rv,
+        })
     }
 
     /// A CRD was created or changed: serve (or re-serve) the resource it defines and mark it
@@ -481,7 +549,9 @@ impl Store {
 
 impl Inner {
     fn served(&self, key: &ResourceKey) -> Result<&ResourceType, ApiError> {
-        self.types.get(key).ok_or_else(|| ApiError::not_found_path(&key.to_string()))
+        self.types
+            .get(key)
+            .ok_or_else(|| ApiError::not_found_path(&key.to_string()))
     }
 
     fn namespace_exists(&self, ns: &str) -> bool {
@@ -507,7 +577,13 @@ impl Inner {
             ChangeKind::Deleted => objects.remove(&id),
             _ => objects.insert(id, new.clone()),
         };
-        let change = Arc::new(Change { rv, resource: key.clone(), kind, old, new });
+        let change = Arc::new(Change {
+            rv,
+            resource: key.clone(),
+            kind,
+            old,
+            new,
+        });
         self.history.push_back(change.clone());
         while self.history.len() > self.history_limit {
             if let Some(dropped) = self.history.pop_front() {
@@ -523,7 +599,12 @@ impl Change {
     /// The watch event a watcher of `key` in `ns` with `selectors` sees for this change, if
     /// any. An object that stops matching a selector is seen as DELETED, one that starts
     /// matching as ADDED, as the API server does.
-    pub fn event_for(&self, key: &ResourceKey, ns: Option<&str>, selectors: &Selectors) -> Option<(&'static str, &Value)> {
+    pub fn event_for(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        selectors: &Selectors,
+    ) -> Option<(&'static str, &Value)> {
         if &self.resource != key {
             return None;
         }
@@ -567,7 +648,9 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
     let ok = name.len() <= 253
         && !name.starts_with(['-', '.'])
         && !name.ends_with(['-', '.'])
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     // Custom resource names and a few built-ins allow more, but every name the agent writes is
     // a DNS subdomain, and that is what this checks.
     let ok = ok || (rt.kind == "Event" && name.bytes().all(|b| b.is_ascii_graphic()));
@@ -623,7 +706,9 @@ fn spec_of(obj: &Value) -> Vec<(&String, &Value)> {
     obj.as_object()
         .map(|m| {
             m.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -633,7 +718,10 @@ fn reset_status_on_create(rt: &ResourceType, obj: &mut Value) {
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "Pod") => {
             let status = obj.get("status").cloned().unwrap_or(Value::Null);
-            let qos = status.get("qosClass").cloned().unwrap_or(json!("BestEffort"));
+            let qos = status
+                .get("qosClass")
+                .cloned()
+                .unwrap_or(json!("BestEffort"));
             set_field(obj, "status", json!({"phase": "Pending", "qosClass": qos}));
         }
         // Nodes and namespaces are created with their status by their owners.
@@ -652,10 +740,12 @@ fn crd_storage_version(crd: &Value) -> Value {
 
 /// RFC 3339 UTC time with second precision, as Kubernetes writes timestamps.
 pub fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(super) fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; N];
     // The system random source failing is not recoverable for a dev cluster; fall back to
@@ -677,7 +767,14 @@ fn new_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn random_suffix() -> String {

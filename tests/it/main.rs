@@ -1,3 +1,5 @@
 //! End-to-end tests: one test binary (linking once on 2 cores), one module per area.
 
+mod kubectl;
 mod sim_conformance;
+mod support;

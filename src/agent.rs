@@ -1,0 +1,512 @@
+//! The node agent (`run` and `sync --once`): watch the desired state, and for each object
+//! whose manifest this node holds, plan → take a slot → upgrade → release.
+//!
+//! Data flows one way. Reflectors (kube-runtime watchers: resume from resourceVersion, relist
+//! on 410, backoff with jitter) keep in-memory caches of both kinds, of this node's pods and of
+//! the slot Leases; a reconcile pass reads only those caches and the manifest directory, so a
+//! pass costs no API request unless it writes (a slot, a status, an Event).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
+use crate::desired::{DesiredObject, ObjectKey, Refusal, cache, cluster};
+use crate::manifest::store::{ManifestStore, StoreError};
+use crate::resources::{StaticPod, YurtStaticSet};
+use crate::rollout::events::{Reason, Recorder};
+use crate::rollout::journal::Journal;
+use crate::rollout::plan::{MirrorState, Plan, plan};
+use crate::rollout::slots::{SlotOwner, Slots};
+use crate::rollout::upgrade::{FailedHashes, MirrorPods, Outcome, Upgrader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("connecting to the API server with {path}: {reason}")]
+    Client { path: String, reason: String },
+    #[error("{0}")]
+    NotConverged(String),
+}
+
+/// Mirror pods of this node, from the pod reflector.
+struct ReflectedPods {
+    pods: Store<Pod>,
+}
+
+impl MirrorPods for ReflectedPods {
+    fn mirror(&self, namespace: &str, pod_name: &str) -> Option<MirrorState> {
+        let pod = self.pods.get(&ObjectRef::new(pod_name).within(namespace))?;
+        Some(MirrorState {
+            hash: pod_hash(&pod).map(str::to_string),
+            ready: pod_ready(&pod),
+        })
+    }
+}
+
+/// The caches the agent reads, and a signal when any of them changes.
+struct Caches {
+    static_pods: Store<StaticPod>,
+    yurt_static_sets: Store<YurtStaticSet>,
+    pods: Store<Pod>,
+    leases: Store<Lease>,
+    changed: Arc<Notify>,
+}
+
+/// Start one reflector per watched resource; each task runs until the process ends.
+fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Caches {
+    let changed = Arc::new(Notify::new());
+    fn spawn<K>(api: Api<K>, cfg: watcher::Config, changed: Arc<Notify>) -> Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, cfg))
+            .default_backoff()
+            .touched_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(_) => changed.notify_one(),
+                    Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
+                }
+            }
+        });
+        reader
+    }
+    let kinds_api = |ns: Option<&str>| -> (Api<StaticPod>, Api<YurtStaticSet>) {
+        match ns {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        }
+    };
+    // One namespace, or all: a list of several would need one watch per namespace per kind.
+    let ns = (config.namespaces.len() == 1).then(|| config.namespaces[0].as_str());
+    let (sp, yss) = kinds_api(ns);
+    Caches {
+        static_pods: spawn(sp, watcher::Config::default(), changed.clone()),
+        yurt_static_sets: spawn(yss, watcher::Config::default(), changed.clone()),
+        pods: spawn(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            changed.clone(),
+        ),
+        leases: spawn(
+            Api::<Lease>::namespaced(client.clone(), &config.agent_namespace),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
+        changed,
+    }
+}
+
+/// An upgrade running in its own task.
+struct Running {
+    /// The newest desired hash for this manifest; differs from `hash` once superseded.
+    latest: Arc<Mutex<String>>,
+}
+
+pub struct Agent {
+    node: String,
+    config: Config,
+    client: kube::Client,
+    store: Arc<ManifestStore>,
+    caches: Caches,
+    slots: Arc<Slots>,
+    upgrader: Arc<Upgrader>,
+    events: Recorder,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    refused_reported: HashSet<(String, String)>,
+    last_cached: BTreeMap<ObjectKey, DesiredObject>,
+    member_counts: HashMap<ObjectKey, (Instant, usize)>,
+}
+
+impl Agent {
+    pub async fn start(config: Config) -> Result<Agent, AgentError> {
+        let node = config.resolved_node_name().map_err(AgentError::Config)?;
+        let store = Arc::new(ManifestStore::open(
+            &config.manifest_dir,
+            &config.state_dir,
+        )?);
+        let client = crate::kubeclient::from_kubeconfig(&config.kubeconfig)
+            .await
+            .map_err(|reason| AgentError::Client {
+                path: config.kubeconfig.display().to_string(),
+                reason,
+            })?;
+        let caches = start_reflectors(&client, &config, &node);
+        let slots = Arc::new(Slots::new(
+            client.clone(),
+            caches.leases.clone(),
+            &config.agent_namespace,
+            &node,
+            config.rollout.lease_duration.0,
+        ));
+        let events = Recorder::new(client.clone(), &node);
+        let upgrader = Arc::new(Upgrader {
+            node: node.clone(),
+            store: store.clone(),
+            mirrors: Arc::new(ReflectedPods {
+                pods: caches.pods.clone(),
+            }),
+            events: events.clone(),
+            failed: Arc::new(FailedHashes::load(&store)),
+            progress_deadline: config.rollout.progress_deadline.0,
+            lease_duration: config.rollout.lease_duration.0,
+        });
+        let last_cached = cache::load(&store).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the desired-state cache");
+            BTreeMap::new()
+        });
+        tracing::info!(node = %node, manifests = %config.manifest_dir.display(), cached_objects = last_cached.len(), "agent started");
+        Ok(Agent {
+            node,
+            config,
+            client,
+            store,
+            caches,
+            slots,
+            upgrader,
+            events,
+            running: Arc::new(Mutex::new(HashMap::new())),
+            refused_reported: HashSet::new(),
+            last_cached,
+            member_counts: HashMap::new(),
+        })
+    }
+
+    /// Wait until the caches hold a first full list (bounded: offline, we keep going on the
+    /// cached desired state).
+    async fn caches_ready(&self, timeout: Duration) -> bool {
+        let all = async {
+            let _ = self.caches.static_pods.wait_until_ready().await;
+            let _ = self.caches.yurt_static_sets.wait_until_ready().await;
+            let _ = self.caches.pods.wait_until_ready().await;
+            let _ = self.caches.leases.wait_until_ready().await;
+        };
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    /// The daemon: resume journaled upgrades, then reconcile on every change (and every
+    /// second, for slot expiry and deadlines).
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        while !self.caches_ready(Duration::from_secs(30)).await {
+            tracing::warn!(node = %self.node, "API server not reachable yet; keeping the node as it is");
+        }
+        self.resume_journal().await;
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                _ = self.caches.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// `sync --once`: reconcile until converged or `timeout`; Ok when converged.
+    pub async fn sync_once(mut self, timeout: Duration) -> Result<String, AgentError> {
+        let deadline = Instant::now() + timeout;
+        if !self.caches_ready(timeout).await {
+            return Err(AgentError::NotConverged(
+                "the API server did not answer in time".into(),
+            ));
+        }
+        self.resume_journal().await;
+        loop {
+            let pending = self.reconcile().await;
+            if pending.is_empty()
+                && self
+                    .running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+            {
+                return Ok(format!("node {} converged", self.node));
+            }
+            if Instant::now() > deadline {
+                return Err(AgentError::NotConverged(format!(
+                    "not converged: {}",
+                    pending.join("; ")
+                )));
+            }
+            tokio::select! {
+                _ = self.caches.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// The desired objects and refusals, from the caches.
+    fn desired(&self) -> (BTreeMap<ObjectKey, DesiredObject>, Vec<Refusal>) {
+        let mut objects = BTreeMap::new();
+        let mut refusals = Vec::new();
+        let static_pods = self.caches.static_pods.state();
+        let yurt_static_sets = self.caches.yurt_static_sets.state();
+        let candidates = static_pods
+            .iter()
+            .map(|o| cluster::from_static_pod(o))
+            .chain(
+                yurt_static_sets
+                    .iter()
+                    .map(|o| cluster::from_yurt_static_set(o)),
+            )
+            .filter(|r| match r {
+                Ok(d) => {
+                    self.config.namespaces.is_empty()
+                        || self.config.namespaces.contains(&d.key.namespace)
+                }
+                Err(r) => {
+                    self.config.namespaces.is_empty()
+                        || self.config.namespaces.contains(&r.key.namespace)
+                }
+            });
+        for c in candidates {
+            match c {
+                Ok(d) => {
+                    objects.insert(d.key.clone(), d);
+                }
+                Err(r) => refusals.push(r),
+            }
+        }
+        // Two objects claiming one manifest file: neither may write it.
+        let mut claims: HashMap<&str, Vec<&ObjectKey>> = HashMap::new();
+        for d in objects.values() {
+            claims.entry(&d.manifest).or_default().push(&d.key);
+        }
+        let contested: Vec<(ObjectKey, String)> = claims
+            .values()
+            .filter(|keys| keys.len() > 1)
+            .flat_map(|keys| {
+                let all: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+                keys.iter().map(move |k| ((*k).clone(), all.join(", ")))
+            })
+            .collect();
+        for (key, all) in contested {
+            if let Some(d) = objects.remove(&key) {
+                refusals.push(Refusal {
+                    key,
+                    uid: d.uid,
+                    reason: format!(
+                        "staticPodManifest {:?} is claimed by several objects ({all})",
+                        d.manifest
+                    ),
+                });
+            }
+        }
+        (objects, refusals)
+    }
+
+    /// One pass. Returns what is not converged yet (for `sync --once`).
+    async fn reconcile(&mut self) -> Vec<String> {
+        let (desired, refusals) = self.desired();
+        for r in refusals {
+            if self
+                .refused_reported
+                .insert((r.uid.clone(), r.reason.clone()))
+            {
+                tracing::warn!(object = %r.key, node = %self.node, reason = %r.reason, "object refused; nothing written");
+                self.events
+                    .emit(&r.key, &r.uid, Reason::Refused, &r.reason)
+                    .await;
+            }
+        }
+        if desired != self.last_cached {
+            if let Err(e) = cache::save(&self.store, &desired) {
+                tracing::warn!(error = %e, "saving the desired-state cache");
+            }
+            self.last_cached = desired.clone();
+        }
+        let failed = self.upgrader.failed.snapshot();
+        let mut pending = Vec::new();
+        for d in desired.values() {
+            {
+                let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(r) = running.get(&d.manifest) {
+                    *r.latest.lock().unwrap_or_else(|e| e.into_inner()) = d.hash.clone();
+                    pending.push(format!("{} upgrading", d.key));
+                    continue;
+                }
+            }
+            let local = match self.store.read(&d.manifest) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(object = %d.key, error = %e, "reading manifest");
+                    continue;
+                }
+            };
+            let mirror_name = format!("{}-{}", d.key.name, self.node);
+            let mirror = self.upgrader.mirrors.mirror(&d.key.namespace, &mirror_name);
+            match plan(d, local.as_deref(), mirror.as_ref(), &failed) {
+                Plan::NotMember | Plan::Current => {}
+                Plan::HeldBack { hash } => {
+                    pending.push(format!("{}: {hash} was rolled back here", d.key))
+                }
+                Plan::UpgradeAvailable => pending.push(format!("{}: OTA upgrade available", d.key)),
+                Plan::Upgrade { needs_slot } => {
+                    pending.push(format!("{} behind", d.key));
+                    self.start_upgrade(d, needs_slot).await;
+                }
+            }
+        }
+        pending
+    }
+
+    /// The member count an object's budget is resolved against: its status when current,
+    /// otherwise counted from mirror pods (one list, cached briefly).
+    async fn members(&mut self, d: &DesiredObject) -> usize {
+        if let Some(n) = d.members {
+            return n.max(1) as usize;
+        }
+        if let Some((at, n)) = self.member_counts.get(&d.key)
+            && at.elapsed() < Duration::from_secs(10)
+        {
+            return *n;
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &d.key.namespace);
+        let n = match api.list(&Default::default()).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter(|p| is_member_pod(&d.key.name, p))
+                .count()
+                .max(1),
+            Err(e) => {
+                tracing::warn!(object = %d.key, error = %e, "counting members; assuming 1");
+                1
+            }
+        };
+        self.member_counts
+            .insert(d.key.clone(), (Instant::now(), n));
+        n
+    }
+
+    async fn start_upgrade(&mut self, d: &DesiredObject, needs_slot: bool) {
+        let owner = SlotOwner {
+            kind_short: d.key.kind.short(),
+            namespace: d.key.namespace.clone(),
+            name: d.key.name.clone(),
+        };
+        let slot = if needs_slot {
+            let members = self.members(d).await;
+            let budget = d.max_unavailable.resolve(members);
+            match self.slots.acquire(&owner, budget).await {
+                Ok(Some(slot)) => Some(slot),
+                Ok(None) => {
+                    tracing::debug!(object = %d.key, budget, "all upgrade slots busy");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(object = %d.key, error = %e, "taking an upgrade slot");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let latest = Arc::new(Mutex::new(d.hash.clone()));
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                d.manifest.clone(),
+                Running {
+                    latest: latest.clone(),
+                },
+            );
+        let (upgrader, slots, running, changed) = (
+            self.upgrader.clone(),
+            self.slots.clone(),
+            self.running.clone(),
+            self.caches.changed.clone(),
+        );
+        let d = d.clone();
+        tokio::spawn(async move {
+            let held = slot.as_ref().map(|s| (&*slots, s));
+            let target = d.hash.clone();
+            let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
+            match upgrader.upgrade(&d, held, superseded).await {
+                Ok(
+                    Outcome::Succeeded { .. } | Outcome::RolledBack { .. } | Outcome::Superseded,
+                ) => {}
+                Err(e) => tracing::error!(object = %d.key, error = %e, "upgrade failed"),
+            }
+            if let Some(s) = &slot
+                && let Err(e) = slots.release(s).await
+            {
+                tracing::warn!(object = %d.key, error = %e, "releasing upgrade slot (it expires by itself)");
+            }
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&d.manifest);
+            changed.notify_one();
+        });
+    }
+
+    /// Finish or roll back upgrades a previous run left in the journal.
+    async fn resume_journal(&mut self) {
+        let entries = match Journal::new(&self.store).pending() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the upgrade journal");
+                return;
+            }
+        };
+        let (desired, _) = self.desired();
+        for entry in entries {
+            let d = desired
+                .values()
+                .find(|d| d.manifest == entry.manifest)
+                .cloned();
+            let owner = d.as_ref().map(|d| SlotOwner {
+                kind_short: d.key.kind.short(),
+                namespace: d.key.namespace.clone(),
+                name: d.key.name.clone(),
+            });
+            // Re-take the slot we held (ours by holder identity) so it is renewed, then released.
+            let slot = match (&owner, &entry.slot, &d) {
+                (Some(o), Some(_), Some(d)) => {
+                    let budget = d.max_unavailable.resolve(self.members(d).await);
+                    self.slots.acquire(o, budget).await.ok().flatten()
+                }
+                _ => None,
+            };
+            let held = slot.as_ref().map(|s| (&*self.slots, s));
+            match self.upgrader.resume(d.as_ref(), &entry, held).await {
+                Ok(outcome) => {
+                    tracing::info!(manifest = %entry.manifest, ?outcome, "journaled upgrade finished")
+                }
+                Err(e) => {
+                    tracing::error!(manifest = %entry.manifest, error = %e, "finishing a journaled upgrade")
+                }
+            }
+            if let Some(s) = &slot {
+                let _ = self.slots.release(s).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Command-line interface: global flags, logging, and dispatch to one module per subcommand.
+
+mod config;
+mod crd;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use staticpod_puller::config::{Config, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "staticpod-puller",
+    version,
+    about = "Keeps an edge node's static pods in the state its operators declared (OpenYurt StaticPod / YurtStaticSet)."
+)]
+struct Cli {
+    /// Configuration file [default: /etc/staticpod-puller/config.yaml, defaults if absent].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log level or filter (overrides log.level), e.g. `debug` or `staticpod_puller=debug`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the StaticPod and YurtStaticSet CRDs (one multi-document YAML).
+    Crd(crd::Args),
+    /// Print the effective configuration (file plus flags), after validating it.
+    Config(config::Args),
+    /// Run the embedded dev cluster (in-memory API server and simulated kubelets).
+    Demo(demo::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let result = match cli.command {
+        Command::Crd(args) => crd::run(args),
+        Command::Config(args) => config::run(args, config),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path, true)?,
+        None => Config::load(
+            std::path::Path::new(staticpod_puller::config::DEFAULT_PATH),
+            false,
+        )?,
+    };
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
+    if let Some(level) = &cli.log_level {
+        tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+        config.log.level = level.clone();
+    }
+    Ok(config)
+}
+
+/// Logs go to stderr (stdout carries command output such as `crd`): human lines on a
+/// terminal, one JSON object per line with `--log-format json`.
+fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}

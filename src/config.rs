@@ -1,0 +1,513 @@
+//! The configuration file: its schema, defaults and validation.
+//!
+//! The file is YAML (`/etc/staticpod-puller/config.yaml` unless `--config` says otherwise);
+//! every key is documented in `config/staticpod-puller.yaml`. Command-line flags override the
+//! file. An unknown key, a wrong type or an invalid value is refused at start with the key's
+//! path and the reason.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub const DEFAULT_PATH: &str = "/etc/staticpod-puller/config.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: not valid YAML: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    #[error("config file {path}: {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The whole configuration. Field names are the YAML keys (camelCase).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name; empty means the host name.
+    pub node_name: String,
+    /// The agent's own kubeconfig (not kubelet's).
+    pub kubeconfig: PathBuf,
+    /// Where kubelet reads static pod manifests.
+    pub manifest_dir: PathBuf,
+    /// Where the agent keeps its lock, journal, backups and cached desired state.
+    pub state_dir: PathBuf,
+    /// Namespaces whose objects the agent follows; empty means all.
+    pub namespaces: Vec<String>,
+    /// Namespace of the agents' upgrade-slot Leases.
+    pub agent_namespace: String,
+    pub rollout: Rollout,
+    pub drift: Drift,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Rollout {
+    /// How long an upgraded pod has to carry the new hash and be Ready before rollback.
+    pub progress_deadline: HumanDuration,
+    /// How long an upgrade slot (Lease) stays held without renewal.
+    pub lease_duration: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Drift {
+    /// What to do when someone else changes a managed manifest.
+    pub mode: DriftMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    /// Put the desired content back.
+    Restore,
+    /// Only report the change.
+    Report,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `staticpod_puller=debug,kube=info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: String::new(),
+            kubeconfig: PathBuf::from("/etc/staticpod-puller/kubeconfig"),
+            manifest_dir: PathBuf::from("/etc/kubernetes/manifests"),
+            state_dir: PathBuf::from("/var/lib/staticpod-puller"),
+            namespaces: Vec::new(),
+            agent_namespace: "staticpod-system".to_string(),
+            rollout: Rollout::default(),
+            drift: Drift::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            progress_deadline: HumanDuration(Duration::from_secs(300)),
+            lease_duration: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for Drift {
+    fn default() -> Self {
+        Drift {
+            mode: DriftMode::Restore,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Load from `path`. With `required` false a missing file means the defaults (the default
+    /// path on a machine that has not been configured yet).
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Parse YAML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let value: serde_json::Value = if text.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
+        };
+        let value = if value.is_null() {
+            serde_json::json!({})
+        } else {
+            value
+        };
+        // serde's derive also accepts a sequence for a struct (fields by position), which would
+        // turn `- a` into a node name: sections must be mappings.
+        let not_a_mapping = |key: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            reason: "expected a mapping of keys to values".to_string(),
+        };
+        let top = value
+            .as_object()
+            .ok_or_else(|| not_a_mapping("(top level)"))?;
+        for section in ["rollout", "drift", "log"] {
+            if top
+                .get(section)
+                .is_some_and(|v| !v.is_object() && !v.is_null())
+            {
+                return Err(not_a_mapping(section));
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: if key == "." {
+                    "(top level)".to_string()
+                } else {
+                    key
+                },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        if !self.node_name.is_empty() && !is_dns_subdomain(&self.node_name) {
+            return Err(invalid(
+                "nodeName",
+                format!(
+                    "expected a node name (a DNS subdomain), got {:?}",
+                    self.node_name
+                ),
+            ));
+        }
+        if !is_dns_label(&self.agent_namespace) {
+            return Err(invalid(
+                "agentNamespace",
+                format!(
+                    "expected a namespace name (a DNS label), got {:?}",
+                    self.agent_namespace
+                ),
+            ));
+        }
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            if !is_dns_label(ns) {
+                return Err(invalid(
+                    &format!("namespaces[{i}]"),
+                    format!("expected a namespace name, got {ns:?}"),
+                ));
+            }
+        }
+        for (key, dir) in [
+            ("manifestDir", &self.manifest_dir),
+            ("stateDir", &self.state_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "expected an absolute path, got {:?}",
+                        dir.display().to_string()
+                    ),
+                ));
+            }
+        }
+        if self.manifest_dir == self.state_dir {
+            return Err(invalid(
+                "stateDir",
+                "must differ from manifestDir: kubelet would run the backups kept there"
+                    .to_string(),
+            ));
+        }
+        if self.rollout.progress_deadline.0.is_zero() {
+            return Err(invalid(
+                "rollout.progressDeadline",
+                "must be longer than 0s".to_string(),
+            ));
+        }
+        if self.rollout.lease_duration.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "rollout.leaseDuration",
+                "must be at least 1s".to_string(),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "expected a level like \"info\" or a filter like \"staticpod_puller=debug\", got {:?}",
+                    self.log.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node name to act for: the configured one, else the host name.
+    pub fn resolved_node_name(&self) -> Result<String, String> {
+        if !self.node_name.is_empty() {
+            return Ok(self.node_name.clone());
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map_err(|e| format!("nodeName is not set and the host name could not be read: {e}"))?;
+        let host = host.trim().to_lowercase();
+        if is_dns_subdomain(&host) {
+            Ok(host)
+        } else {
+            Err(format!(
+                "nodeName is not set and the host name {host:?} is not a valid node name: set nodeName"
+            ))
+        }
+    }
+}
+
+/// A duration written as the operator would: `300ms`, `30s`, `5m`, `1h30m`, `2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let bad = || format!("expected a duration like \"5m\", got {text:?}");
+        let s = text.trim();
+        if s.is_empty() {
+            return Err(bad());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(bad());
+            }
+            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = match &rest[..unit_len] {
+                "ms" => Duration::from_millis(n),
+                "s" => Duration::from_secs(n),
+                "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+                "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+                "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(bad)?),
+                _ => return Err(bad()),
+            };
+            total = total.checked_add(unit).ok_or_else(bad)?;
+            rest = &rest[unit_len..];
+        }
+        Ok(total)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_millis() != 0 || d.is_zero() {
+            return write!(f, "{}ms", d.as_millis());
+        }
+        let mut secs = d.as_secs();
+        for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+            if secs >= size {
+                write!(f, "{}{unit}", secs / size)?;
+                secs %= size;
+            }
+        }
+        if secs > 0 {
+            write!(f, "{secs}s")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        HumanDuration::parse(s).map(HumanDuration)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let text = match &value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        HumanDuration::parse(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A Kubernetes DNS subdomain (RFC 1123): node and object names.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.')
+            .all(|label| !label.is_empty() && label_chars_ok(label))
+}
+
+/// A Kubernetes DNS label (RFC 1123): namespace names.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && label_chars_ok(s)
+}
+
+fn label_chars_ok(label: &str) -> bool {
+    let b = label.as_bytes();
+    b.iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shipped_default_file_is_the_default_config() {
+        let text = include_str!("../config/staticpod-puller.yaml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_are_read_and_durations_parsed() {
+        let c = parse("nodeName: edge-1\nrollout:\n  progressDeadline: 1h30m\ndrift:\n  mode: report\nlog:\n  format: json\n").unwrap();
+        assert_eq!(c.node_name, "edge-1");
+        assert_eq!(c.rollout.progress_deadline.0, Duration::from_secs(5400));
+        assert_eq!(c.drift.mode, DriftMode::Report);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_key_path_and_reason() {
+        let cases = [
+            (
+                "rollout:\n  progressDeadline: soon\n",
+                "rollout.progressDeadline",
+                "expected a duration like \"5m\", got \"soon\"",
+            ),
+            (
+                "rollout:\n  progresDeadline: 5m\n",
+                "rollout.progresDeadline",
+                "unknown field `progresDeadline`",
+            ),
+            (
+                "manifestDirectory: /x\n",
+                "manifestDirectory",
+                "unknown field `manifestDirectory`",
+            ),
+            ("- a\n- b\n", "(top level)", "expected a mapping"),
+            ("rollout: [5m, 30s]\n", "rollout", "expected a mapping"),
+            ("namespaces: default\n", "namespaces", "expected a sequence"),
+            (
+                "drift:\n  mode: fix\n",
+                "drift.mode",
+                "unknown variant `fix`",
+            ),
+            (
+                "manifestDir: manifests\n",
+                "manifestDir",
+                "expected an absolute path",
+            ),
+            (
+                "stateDir: /etc/kubernetes/manifests\n",
+                "stateDir",
+                "must differ from manifestDir",
+            ),
+            ("nodeName: Edge_1\n", "nodeName", "expected a node name"),
+            (
+                "rollout:\n  progressDeadline: 0s\n",
+                "rollout.progressDeadline",
+                "longer than 0s",
+            ),
+            ("log:\n  level: \"[[\"\n", "log.level", "expected a level"),
+            ("nodeName: [\n", "not valid YAML", ""),
+        ];
+        for (text, key, reason) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(
+                err.contains(key) && err.contains(reason),
+                "for {text:?}: expected {key} / {reason}, got: {err}"
+            );
+            assert!(err.contains("test.yaml"), "the error names the file: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for (text, secs) in [("5m", 300), ("30s", 30), ("1h30m", 5400), ("2d", 172_800)] {
+            let d = HumanDuration::parse(text).unwrap();
+            assert_eq!(d, Duration::from_secs(secs));
+            assert_eq!(HumanDuration(d).to_string(), text);
+        }
+        assert_eq!(
+            HumanDuration::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        for bad in ["", "5", "m", "5x", "-1s", "1.5s", "99999999999999999999d"] {
+            assert!(HumanDuration::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_missing_default_file_means_defaults_but_a_named_one_is_required() {
+        let missing = Path::new("/nonexistent/staticpod-puller.yaml");
+        assert_eq!(Config::load(missing, false).unwrap(), Config::default());
+        let err = Config::load(missing, true).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/staticpod-puller.yaml"), "{err}");
+    }
+}

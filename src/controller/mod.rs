@@ -1,0 +1,3 @@
+//! The cloud side: status aggregation for StaticPod and YurtStaticSet objects.
+
+pub mod status;

@@ -1,0 +1,226 @@
+//! What the status of a StaticPod / YurtStaticSet says, computed from mirror pods.
+//!
+//! A member's mirror pod is named `<object name>-<node name>`, lives in the object's namespace
+//! and carries `kubernetes.io/config.source` other than `api` (kubelet's mark of a static pod).
+//! Upgraded: its `openyurt.io/static-pod-hash` equals the desired hash. Ready: condition Ready.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::manifest::HASH_ANNOTATION;
+
+const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+/// How many node names a condition message lists before summarising.
+const NAMED_NODES: usize = 10;
+
+/// The counts and per-node facts behind a status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: i32,
+    pub ready: i32,
+    pub upgraded: i32,
+    /// Member nodes whose pod is not Ready, sorted.
+    pub not_ready: Vec<String>,
+    /// Member nodes not yet on the desired hash, sorted.
+    pub outdated: Vec<String>,
+}
+
+/// True when `pod` is the mirror pod of a static pod named `name` (the object's name).
+pub fn is_member_pod(name: &str, pod: &Pod) -> bool {
+    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+        return false;
+    };
+    let source = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_SOURCE));
+    let static_pod = source.is_some_and(|s| s != "api");
+    static_pod && pod.metadata.name.as_deref() == Some(format!("{name}-{node}").as_str())
+}
+
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn pod_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Count the members of object `name` among `pods` (pods of the object's namespace).
+pub fn count<'a>(
+    name: &str,
+    desired_hash: &str,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> Counts {
+    let mut counts = Counts::default();
+    for pod in pods.into_iter().filter(|p| is_member_pod(name, p)) {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        counts.total += 1;
+        if pod_ready(pod) {
+            counts.ready += 1;
+        } else {
+            counts.not_ready.push(node.clone());
+        }
+        if pod_hash(pod) == Some(desired_hash) {
+            counts.upgraded += 1;
+        } else {
+            counts.outdated.push(node);
+        }
+    }
+    counts.not_ready.sort();
+    counts.outdated.sort();
+    counts
+}
+
+/// A status condition as the controller writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Progressing (members still on an older hash), Completed (all upgraded and Ready), Degraded
+/// (members not Ready, named).
+pub fn conditions(c: &Counts) -> Vec<Condition> {
+    let progressing = !c.outdated.is_empty();
+    let completed = c.total > 0 && c.upgraded == c.total && c.ready == c.total;
+    let degraded = !c.not_ready.is_empty();
+    vec![
+        Condition {
+            type_: "Progressing",
+            status: progressing,
+            reason: if progressing {
+                "Upgrading"
+            } else {
+                "AllUpgraded"
+            },
+            message: if progressing {
+                format!(
+                    "{}/{} upgraded; waiting for {}",
+                    c.upgraded,
+                    c.total,
+                    names(&c.outdated)
+                )
+            } else {
+                format!("{}/{} upgraded", c.upgraded, c.total)
+            },
+        },
+        Condition {
+            type_: "Completed",
+            status: completed,
+            reason: if completed {
+                "AllUpgradedAndReady"
+            } else if c.total == 0 {
+                "NoMembers"
+            } else {
+                "InProgress"
+            },
+            message: format!(
+                "{} members, {} ready, {} upgraded",
+                c.total, c.ready, c.upgraded
+            ),
+        },
+        Condition {
+            type_: "Degraded",
+            status: degraded,
+            reason: if degraded {
+                "MembersNotReady"
+            } else {
+                "AllReady"
+            },
+            message: if degraded {
+                format!("not ready: {}", names(&c.not_ready))
+            } else {
+                "all members ready".to_string()
+            },
+        },
+    ]
+}
+
+fn names(nodes: &[String]) -> String {
+    if nodes.len() <= NAMED_NODES {
+        nodes.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            nodes[..NAMED_NODES].join(", "),
+            nodes.len() - NAMED_NODES
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, node: &str, source: Option<&str>, hash: &str, ready: bool) -> Pod {
+        let mut annotations = json!({ HASH_ANNOTATION: hash });
+        if let Some(s) = source {
+            annotations[CONFIG_SOURCE] = json!(s);
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+            "spec": {"nodeName": node, "containers": [{"name": "web"}]},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_members_upgraded_and_ready() {
+        let pods = [
+            pod("nginx-n1", "n1", Some("file"), "new", true),
+            pod("nginx-n2", "n2", Some("file"), "old", true),
+            pod("nginx-n3", "n3", Some("file"), "new", false),
+            // Not members: an API pod with the same name shape, another object's pod, a pod
+            // whose name does not match its node.
+            pod("nginx-n4", "n4", Some("api"), "new", true),
+            pod("nginx-n4", "n4", None, "new", true),
+            pod("web-n1", "n1", Some("file"), "new", true),
+            pod("nginx-n9", "n5", Some("file"), "new", true),
+        ];
+        let c = count("nginx", "new", &pods);
+        assert_eq!((c.total, c.ready, c.upgraded), (3, 2, 2));
+        assert_eq!(c.not_ready, vec!["n3"]);
+        assert_eq!(c.outdated, vec!["n2"]);
+        let conds = conditions(&c);
+        assert!(
+            conds[0].status && conds[0].message.contains("n2"),
+            "{conds:?}"
+        );
+        assert!(!conds[1].status);
+        assert!(conds[2].status && conds[2].message.contains("n3"));
+    }
+
+    #[test]
+    fn completed_when_every_member_is_upgraded_and_ready() {
+        let pods = [pod("nginx-n1", "n1", Some("file"), "h", true)];
+        let conds = conditions(&count("nginx", "h", &pods));
+        assert_eq!(
+            conds.iter().map(|c| c.status).collect::<Vec<_>>(),
+            vec![false, true, false]
+        );
+        let none = conditions(&count("nginx", "h", &[]));
+        assert_eq!(none[1].reason, "NoMembers");
+    }
+
+    #[test]
+    fn long_node_lists_are_summarised() {
+        let nodes: Vec<String> = (0..15).map(|i| format!("n{i}")).collect();
+        assert!(names(&nodes).ends_with("and 5 more"));
+    }
+}

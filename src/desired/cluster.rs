@@ -1,0 +1,81 @@
+//! Desired state from the API server: StaticPod and YurtStaticSet objects, validated and
+//! rendered into [`DesiredObject`]s, or refused with the reason.
+
+use kube::ResourceExt;
+
+use super::{DesiredObject, Kind, ObjectKey, Refusal};
+use crate::manifest;
+use crate::resources::{
+    MaxUnavailable, StaticPod, StaticPodSpec, StaticPodStatus, Strategy, YurtStaticSet,
+};
+
+/// Default `revisionHistoryLimit`: revisions kept in the state directory per manifest.
+pub const DEFAULT_HISTORY: usize = 10;
+
+pub fn from_static_pod(o: &StaticPod) -> Result<DesiredObject, Refusal> {
+    desired(Kind::StaticPod, o, &o.spec, o.status.as_ref())
+}
+
+pub fn from_yurt_static_set(o: &YurtStaticSet) -> Result<DesiredObject, Refusal> {
+    desired(
+        Kind::YurtStaticSet,
+        o,
+        &o.spec.clone().into(),
+        o.status.as_ref(),
+    )
+}
+
+fn desired<K: kube::Resource>(
+    kind: Kind,
+    o: &K,
+    spec: &StaticPodSpec,
+    status: Option<&StaticPodStatus>,
+) -> Result<DesiredObject, Refusal> {
+    let key = ObjectKey {
+        kind,
+        namespace: o.namespace().unwrap_or_default(),
+        name: o.name_any(),
+    };
+    let uid = o.meta().uid.clone().unwrap_or_default();
+    let refuse = |reason: String| Refusal {
+        key: key.clone(),
+        uid: uid.clone(),
+        reason,
+    };
+    let object = key.to_string();
+    manifest::validate_manifest_name(&object, &spec.static_pod_manifest)
+        .map_err(|e| refuse(e.to_string()))?;
+    manifest::validate_template(&object, &spec.template).map_err(|e| refuse(e.to_string()))?;
+    let strategy_spec = spec.upgrade_strategy.clone().unwrap_or_default();
+    let strategy = Strategy::parse(strategy_spec.type_.as_deref())
+        .map_err(|e| refuse(format!("{object}: {e}")))?;
+    let max_unavailable = MaxUnavailable::parse(strategy_spec.max_unavailable.as_ref())
+        .map_err(|e| refuse(format!("{object}: {e}")))?;
+    let history = match spec.revision_history_limit {
+        None => DEFAULT_HISTORY,
+        Some(n) if n >= 0 => (n as usize).max(1),
+        Some(n) => {
+            return Err(refuse(format!(
+                "{object}: spec.revisionHistoryLimit: must not be negative, got {n}"
+            )));
+        }
+    };
+    let rendered = manifest::render(&object, &key.namespace, &key.name, &spec.template)
+        .map_err(|e| refuse(e.to_string()))?;
+    let generation = o.meta().generation.unwrap_or_default();
+    let members = status
+        .filter(|s| s.observed_generation == Some(generation) && s.total_number > 0)
+        .map(|s| s.total_number);
+    Ok(DesiredObject {
+        key,
+        uid,
+        generation,
+        manifest: spec.static_pod_manifest.clone(),
+        strategy,
+        max_unavailable,
+        revision_history_limit: history,
+        hash: rendered.hash,
+        rendered: rendered.bytes,
+        members,
+    })
+}

@@ -1,0 +1,92 @@
+//! Sources of desired state: the cluster (watched, cached in the state directory) and, later,
+//! signed bundles. Everything downstream sees a [`DesiredObject`]: an object already
+//! validated and rendered, or refused with a reason.
+
+pub mod cache;
+pub mod cluster;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::resources::{MaxUnavailable, Strategy};
+
+/// Which of the two kinds an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    StaticPod,
+    YurtStaticSet,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::StaticPod => "StaticPod",
+            Kind::YurtStaticSet => "YurtStaticSet",
+        }
+    }
+
+    /// Short name, used in slot Lease names.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::StaticPod => "sp",
+            Kind::YurtStaticSet => "yss",
+        }
+    }
+}
+
+/// Identifies an object: kind, namespace, name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind.name(), self.namespace, self.name)
+    }
+}
+
+/// One object's desired state, validated and rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredObject {
+    pub key: ObjectKey,
+    pub uid: String,
+    pub generation: i64,
+    /// `spec.staticPodManifest`: the manifest file stem.
+    pub manifest: String,
+    pub strategy: Strategy,
+    /// Resolved against the member count when a slot is needed.
+    pub max_unavailable: MaxUnavailable,
+    pub revision_history_limit: usize,
+    /// The template hash (the desired revision).
+    pub hash: String,
+    /// The manifest bytes to write.
+    #[serde(with = "bytes_as_string")]
+    pub rendered: Vec<u8>,
+    /// `status.totalNumber` when the status is current (observedGeneration == generation).
+    pub members: Option<i32>,
+}
+
+/// An object this agent will not act on, and why (reported as an Event and a log line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub key: ObjectKey,
+    pub uid: String,
+    pub reason: String,
+}
+
+mod bytes_as_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
+}

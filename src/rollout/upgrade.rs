@@ -1,0 +1,350 @@
+//! One upgrade of one manifest on this node: back up → journal → atomic write → wait until
+//! the mirror pod carries the new hash and is Ready → done; on the deadline, restore the
+//! previous manifest atomically, remember the failed hash, and report.
+//!
+//! The slot (if any) is taken by the caller and released by it afterwards: this type only
+//! keeps it renewed while waiting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::events::{Reason, Recorder};
+use super::journal::{Entry, Journal, JournalError};
+use super::plan::{MirrorState, local_hash};
+use super::slots::{Slot, Slots};
+use crate::desired::DesiredObject;
+use crate::manifest::store::{ManifestStore, StoreError};
+
+/// File in the state directory remembering hashes rolled back on this node, per manifest.
+const FAILED_FILE: &str = "failed.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("upgrading {object}: {source}")]
+    Store { object: String, source: StoreError },
+    #[error("upgrading {object}: {source}")]
+    Journal {
+        object: String,
+        source: JournalError,
+    },
+    #[error("upgrading {object}: the node has no {manifest}.yaml any more")]
+    Vanished { object: String, manifest: String },
+}
+
+/// How an upgrade ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded {
+        elapsed: Duration,
+    },
+    RolledBack {
+        reason: String,
+    },
+    /// A newer template arrived while waiting; the caller starts over with it.
+    Superseded,
+}
+
+/// Where the agent reads its mirror pods (a reflector over this node's pods, or kubelet's
+/// local pod list when the API server is unreachable).
+pub trait MirrorPods: Send + Sync {
+    fn mirror(&self, namespace: &str, pod_name: &str) -> Option<MirrorState>;
+}
+
+/// Hashes rolled back on this node: not retried until the template changes.
+#[derive(Default)]
+pub struct FailedHashes {
+    by_manifest: Mutex<HashMap<String, String>>,
+}
+
+impl FailedHashes {
+    pub fn load(store: &ManifestStore) -> Self {
+        let map = store
+            .read_state(FAILED_FILE)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        FailedHashes {
+            by_manifest: Mutex::new(map),
+        }
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, String> {
+        self.by_manifest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, store: &ManifestStore, manifest: &str, hash: &str) -> Result<(), StoreError> {
+        let mut map = self.by_manifest.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(manifest.to_string(), hash.to_string());
+        let bytes = serde_json::to_vec_pretty(&*map).unwrap_or_default();
+        store.write_state(FAILED_FILE, &bytes)
+    }
+}
+
+/// Everything an upgrade needs.
+pub struct Upgrader {
+    pub node: String,
+    pub store: Arc<ManifestStore>,
+    pub mirrors: Arc<dyn MirrorPods>,
+    pub events: Recorder,
+    pub failed: Arc<FailedHashes>,
+    pub progress_deadline: Duration,
+    pub lease_duration: Duration,
+}
+
+impl Upgrader {
+    /// Run an upgrade to `desired`. `superseded` is asked while waiting whether a newer
+    /// template replaced this one.
+    #[tracing::instrument(skip_all, fields(object = %desired.key, node = %self.node, hash = %desired.hash))]
+    pub async fn upgrade(
+        &self,
+        desired: &DesiredObject,
+        slot: Option<(&Slots, &Slot)>,
+        superseded: impl Fn() -> bool,
+    ) -> Result<Outcome, UpgradeError> {
+        let object = desired.key.to_string();
+        let store_err = |source| UpgradeError::Store {
+            object: object.clone(),
+            source,
+        };
+        let journal_err = |source| UpgradeError::Journal {
+            object: object.clone(),
+            source,
+        };
+        let previous = self
+            .store
+            .read(&desired.manifest)
+            .map_err(store_err)?
+            .ok_or_else(|| UpgradeError::Vanished {
+                object: object.clone(),
+                manifest: desired.manifest.clone(),
+            })?;
+        let previous_revision =
+            local_hash(&previous).unwrap_or_else(|| format!("unhashed-{}", short_sha(&previous)));
+        self.store
+            .save_revision(
+                &desired.manifest,
+                &previous_revision,
+                &previous,
+                desired.revision_history_limit,
+            )
+            .map_err(store_err)?;
+        let entry = Entry {
+            object: object.clone(),
+            manifest: desired.manifest.clone(),
+            previous_revision: Some(previous_revision.clone()),
+            target_hash: desired.hash.clone(),
+            slot: slot.map(|(_, s)| s.lease_name.clone()),
+            started_at: unix_now(),
+        };
+        let journal = Journal::new(&self.store);
+        journal.begin(&entry).map_err(journal_err)?;
+        tracing::info!(from = %previous_revision, "upgrade started: writing manifest");
+        self.events
+            .emit(
+                &desired.key,
+                &desired.uid,
+                Reason::UpgradeStarted,
+                &format!("upgrading {previous_revision} → {}", desired.hash),
+            )
+            .await;
+        self.store
+            .write(&desired.manifest, &desired.rendered)
+            .map_err(store_err)?;
+        self.wait_and_finish(
+            desired,
+            &entry,
+            Instant::now() + self.progress_deadline,
+            slot,
+            superseded,
+        )
+        .await
+    }
+
+    /// Finish an upgrade a previous run of the agent left in the journal.
+    pub async fn resume(
+        &self,
+        desired: Option<&DesiredObject>,
+        entry: &Entry,
+        slot: Option<(&Slots, &Slot)>,
+    ) -> Result<Outcome, UpgradeError> {
+        let object = entry.object.clone();
+        let journal = Journal::new(&self.store);
+        let local = self
+            .store
+            .read(&entry.manifest)
+            .map_err(|source| UpgradeError::Store {
+                object: object.clone(),
+                source,
+            })?;
+        let written =
+            local.as_deref().and_then(local_hash).as_deref() == Some(entry.target_hash.as_str());
+        let Some(desired) = desired.filter(|d| d.hash == entry.target_hash && written) else {
+            // Killed before the write, or the template changed since: nothing to finish; the
+            // reconcile loop plans afresh from what is on disk.
+            journal
+                .end(&entry.manifest)
+                .map_err(|source| UpgradeError::Journal { object, source })?;
+            return Ok(Outcome::Superseded);
+        };
+        let elapsed =
+            Duration::from_secs(unix_now().saturating_sub(entry.started_at).max(0) as u64);
+        let deadline = Instant::now() + self.progress_deadline.saturating_sub(elapsed);
+        tracing::info!(object = %object, node = %self.node, "resuming an upgrade left by a previous run");
+        self.wait_and_finish(desired, entry, deadline, slot, || false)
+            .await
+    }
+
+    async fn wait_and_finish(
+        &self,
+        desired: &DesiredObject,
+        entry: &Entry,
+        deadline: Instant,
+        slot: Option<(&Slots, &Slot)>,
+        superseded: impl Fn() -> bool,
+    ) -> Result<Outcome, UpgradeError> {
+        let object = desired.key.to_string();
+        let journal = Journal::new(&self.store);
+        let started = Instant::now();
+        let mirror_name = format!("{}-{}", desired.key.name, self.node);
+        let renew_every = self.lease_duration / 3;
+        let mut next_renewal = Instant::now() + renew_every;
+        loop {
+            let mirror = self.mirrors.mirror(&desired.key.namespace, &mirror_name);
+            if mirror
+                .as_ref()
+                .is_some_and(|m| m.ready && m.hash.as_deref() == Some(desired.hash.as_str()))
+            {
+                journal
+                    .end(&entry.manifest)
+                    .map_err(|source| UpgradeError::Journal {
+                        object: object.clone(),
+                        source,
+                    })?;
+                let elapsed = started.elapsed();
+                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "upgrade succeeded");
+                self.events
+                    .emit(
+                        &desired.key,
+                        &desired.uid,
+                        Reason::UpgradeSucceeded,
+                        &format!("running {} and Ready", desired.hash),
+                    )
+                    .await;
+                return Ok(Outcome::Succeeded { elapsed });
+            }
+            if superseded() {
+                journal
+                    .end(&entry.manifest)
+                    .map_err(|source| UpgradeError::Journal {
+                        object: object.clone(),
+                        source,
+                    })?;
+                tracing::info!("upgrade superseded by a newer template");
+                return Ok(Outcome::Superseded);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let state = match &mirror {
+                    None => "no mirror pod".to_string(),
+                    Some(m) => format!(
+                        "mirror pod hash {}, ready {}",
+                        m.hash.as_deref().unwrap_or("none"),
+                        m.ready
+                    ),
+                };
+                let reason = format!(
+                    "not Ready on {} within {:?} ({state})",
+                    desired.hash, self.progress_deadline
+                );
+                return self.roll_back(desired, entry, &reason).await;
+            }
+            if let Some((slots, held)) = slot
+                && now >= next_renewal
+            {
+                next_renewal = now + renew_every;
+                match slots.renew(held).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(slot = %held.lease_name, "upgrade slot lost while upgrading")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing upgrade slot"),
+                }
+            }
+            // The mirror state comes from an in-memory cache: checking it costs no request.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn roll_back(
+        &self,
+        desired: &DesiredObject,
+        entry: &Entry,
+        reason: &str,
+    ) -> Result<Outcome, UpgradeError> {
+        let object = desired.key.to_string();
+        let store_err = |source| UpgradeError::Store {
+            object: object.clone(),
+            source,
+        };
+        let previous = match &entry.previous_revision {
+            Some(rev) => self
+                .store
+                .load_revision(&entry.manifest, rev)
+                .map_err(store_err)?,
+            None => None,
+        };
+        match &previous {
+            Some(bytes) => {
+                self.store
+                    .write(&entry.manifest, bytes)
+                    .map_err(store_err)?;
+            }
+            None => {
+                tracing::error!(manifest = %entry.manifest, "no saved revision to restore; leaving the new manifest")
+            }
+        }
+        self.failed
+            .record(&self.store, &entry.manifest, &entry.target_hash)
+            .map_err(store_err)?;
+        Journal::new(&self.store)
+            .end(&entry.manifest)
+            .map_err(|source| UpgradeError::Journal {
+                object: object.clone(),
+                source,
+            })?;
+        let restored = entry.previous_revision.as_deref().unwrap_or("nothing");
+        tracing::warn!(reason, restored, "upgrade rolled back");
+        self.events
+            .emit(
+                &desired.key,
+                &desired.uid,
+                Reason::RolledBack,
+                &format!("{reason}; restored {restored}; {} will not be retried until the template changes", desired.hash),
+            )
+            .await;
+        Ok(Outcome::RolledBack {
+            reason: reason.to_string(),
+        })
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn short_sha(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
