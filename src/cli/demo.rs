@@ -1,4 +1,4 @@
-//! `staticpod-puller demo`: the embedded dev cluster.
+//! `staticpod-puller demo`: the seed scenario on the embedded dev cluster, or `--serve`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,35 +9,61 @@ use staticpod_puller::demo;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Start the dev cluster and keep it running for kubectl (prints the kubeconfig path).
+    /// Only start the dev cluster and keep it running for kubectl (prints the kubeconfig path).
     #[arg(long)]
     serve: bool,
     /// Number of simulated nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=2000))]
     nodes: u16,
+    /// The StaticPod's maxUnavailable (a number or a percentage).
+    #[arg(long, default_value = "3", value_name = "N|P%")]
+    max_unavailable: String,
+    /// How long a started static pod takes to become Ready.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    ready_delay: HumanDuration,
+    /// Make the new image never become Ready, to show the rollback.
+    #[arg(long)]
+    bad_image: bool,
+    /// How long the agents wait for Ready before rolling back.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    progress_deadline: HumanDuration,
+    /// Leave the cluster and agents running after the scenario, for kubectl.
+    #[arg(long)]
+    keep_running: bool,
     /// Directory for kubeconfigs and node directories [default: a new temporary directory].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// API server address.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// How long a started static pod takes to become Ready.
-    #[arg(long, default_value = "400ms", value_name = "DURATION")]
-    ready_delay: HumanDuration,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !args.serve {
-        anyhow::bail!(
-            "only `demo --serve` is available in this version: the rollout scenario needs the node agent"
-        );
-    }
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(demo::serve(demo::ServeOptions {
+    staticpod_puller::resources::MaxUnavailable::parse(Some(&if let Ok(n) =
+        args.max_unavailable.parse::<i32>()
+    {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)
+    } else {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+            args.max_unavailable.clone(),
+        )
+    }))
+    .map_err(|e| anyhow::anyhow!("--max-unavailable: {e}"))?;
+    let options = demo::DemoOptions {
         nodes: args.nodes.into(),
         dir: args.dir,
         listen: args.listen,
         ready_delay: args.ready_delay.0,
-    }))?;
+        max_unavailable: args.max_unavailable,
+        bad_image: args.bad_image,
+        progress_deadline: args.progress_deadline.0,
+        keep_running: args.keep_running,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    if args.serve {
+        runtime.block_on(demo::serve(options))?;
+    } else {
+        runtime.block_on(demo::play(options))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

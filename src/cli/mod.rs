@@ -1,6 +1,8 @@
 //! Command-line interface: global flags, logging, and dispatch to one module per subcommand.
 
+mod agent;
 mod config;
+mod controller;
 mod crd;
 mod demo;
 
@@ -32,6 +34,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The node agent daemon: keep this node's static pods in the declared state.
+    Run(agent::RunArgs),
+    /// One reconcile pass, then exit: 0 when this node matches the desired state.
+    Sync(agent::SyncArgs),
+    /// Cloud side: aggregate StaticPod / YurtStaticSet status (leader-elected).
+    Controller(controller::Args),
     /// Print the StaticPod and YurtStaticSet CRDs (one multi-document YAML).
     Crd(crd::Args),
     /// Print the effective configuration (file plus flags), after validating it.
@@ -51,6 +59,9 @@ pub fn main() -> ExitCode {
     };
     init_logging(&config);
     let result = match cli.command {
+        Command::Run(args) => agent::run(args, config),
+        Command::Sync(args) => agent::sync(args, config),
+        Command::Controller(args) => controller::run(args, config),
         Command::Crd(args) => crd::run(args),
         Command::Config(args) => config::run(args, config),
         Command::Demo(args) => demo::run(args),
