@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, DriftMode};
 use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
 use crate::desired::{DesiredObject, ObjectKey, Refusal, cache, cluster};
 use crate::manifest::store::{ManifestStore, StoreError};
@@ -124,6 +124,31 @@ fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Cache
     }
 }
 
+/// Wake the reconcile loop when the manifest directory changes, so a hand edit is seen at once
+/// (the 1 s pass would find it anyway; without the watch it is only slower).
+fn watch_manifest_dir(
+    dir: &std::path::Path,
+    changed: Arc<Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own temp files (dot-prefixed) and editors' swap files change nothing we read,
+        // but a wake-up is cheap: the pass compares content, not events.
+        if event.is_ok() {
+            changed.notify_one();
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the manifest directory; relying on periodic passes"))
+    .ok()?;
+    match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the manifest directory; relying on periodic passes");
+            None
+        }
+    }
+}
+
 /// An upgrade running in its own task.
 struct Running {
     /// The newest desired hash for this manifest; differs from `hash` once superseded.
@@ -141,6 +166,12 @@ pub struct Agent {
     events: Recorder,
     running: Arc<Mutex<HashMap<String, Running>>>,
     refused_reported: HashSet<(String, String)>,
+    /// Manifests this node held at the last pass (to notice one being removed).
+    members: HashSet<String>,
+    /// Drift already reported (manifest, content digest), in report mode.
+    drift_reported: HashSet<(String, String)>,
+    /// Keeps the manifest-directory watch alive.
+    _dir_watch: Option<notify::RecommendedWatcher>,
     last_cached: BTreeMap<ObjectKey, DesiredObject>,
     member_counts: HashMap<ObjectKey, (Instant, usize)>,
 }
@@ -159,6 +190,7 @@ impl Agent {
                 reason,
             })?;
         let caches = start_reflectors(&client, &config, &node);
+        let dir_watch = watch_manifest_dir(&config.manifest_dir, caches.changed.clone());
         let slots = Arc::new(Slots::new(
             client.clone(),
             caches.leases.clone(),
@@ -194,6 +226,9 @@ impl Agent {
             events,
             running: Arc::new(Mutex::new(HashMap::new())),
             refused_reported: HashSet::new(),
+            members: HashSet::new(),
+            drift_reported: HashSet::new(),
+            _dir_watch: dir_watch,
             last_cached,
             member_counts: HashMap::new(),
         })
@@ -361,12 +396,34 @@ impl Agent {
             let mirror_name = format!("{}-{}", d.key.name, self.node);
             let mirror = self.upgrader.mirrors.mirror(&d.key.namespace, &mirror_name);
             match plan(d, local.as_deref(), mirror.as_ref(), &failed) {
-                Plan::NotMember | Plan::Current => {}
+                Plan::NotMember => {
+                    if self.members.remove(&d.manifest) {
+                        tracing::warn!(object = %d.key, node = %self.node, manifest = %d.manifest, "manifest removed on the node: no longer a member");
+                        let message = format!(
+                            "{}.yaml was removed on the node: no longer a member",
+                            d.manifest
+                        );
+                        self.events
+                            .emit(&d.key, &d.uid, Reason::DriftDetected, &message)
+                            .await;
+                    }
+                }
+                Plan::Current => {
+                    self.members.insert(d.manifest.clone());
+                }
+                Plan::Drifted => {
+                    self.members.insert(d.manifest.clone());
+                    self.drifted(d, local.as_deref().unwrap_or_default()).await;
+                    if self.config.drift.mode == DriftMode::Report {
+                        pending.push(format!("{}: manifest edited on the node", d.key));
+                    }
+                }
                 Plan::HeldBack { hash } => {
                     pending.push(format!("{}: {hash} was rolled back here", d.key))
                 }
                 Plan::UpgradeAvailable => pending.push(format!("{}: OTA upgrade available", d.key)),
                 Plan::Upgrade { needs_slot } => {
+                    self.members.insert(d.manifest.clone());
                     pending.push(format!("{} behind", d.key));
                     self.start_upgrade(d, needs_slot).await;
                 }
@@ -465,6 +522,44 @@ impl Agent {
                 .remove(&d.manifest);
             changed.notify_one();
         });
+    }
+
+    /// A managed manifest edited on the node: put the desired content back, or report it.
+    async fn drifted(&mut self, d: &DesiredObject, local: &[u8]) {
+        match self.config.drift.mode {
+            DriftMode::Restore => match self.store.write(&d.manifest, &d.rendered) {
+                Ok(_) => {
+                    tracing::warn!(object = %d.key, node = %self.node, "manifest edited on the node; restored");
+                    let message = format!(
+                        "{}.yaml was edited on the node; restored {}",
+                        d.manifest, d.hash
+                    );
+                    self.events
+                        .emit(&d.key, &d.uid, Reason::DriftRestored, &message)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::error!(object = %d.key, error = %e, "restoring an edited manifest")
+                }
+            },
+            DriftMode::Report => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, local);
+                let digest: String = digest.as_ref()[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                if self.drift_reported.insert((d.manifest.clone(), digest)) {
+                    tracing::warn!(object = %d.key, node = %self.node, "manifest edited on the node (drift.mode: report)");
+                    let message = format!(
+                        "{}.yaml was edited on the node; left as is (drift.mode: report)",
+                        d.manifest
+                    );
+                    self.events
+                        .emit(&d.key, &d.uid, Reason::DriftDetected, &message)
+                        .await;
+                }
+            }
+        }
     }
 
     /// Finish or roll back upgrades a previous run left in the journal.

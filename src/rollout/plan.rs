@@ -19,6 +19,9 @@ pub enum Plan {
     NotMember,
     /// The local manifest is the desired revision.
     Current,
+    /// The local manifest carries the desired hash but not the desired content: someone
+    /// edited it on the node.
+    Drifted,
     /// This revision was rolled back on this node before: not retried until the template changes.
     HeldBack { hash: String },
     /// OTA: an upgrade is available; it starts only when asked through the local API.
@@ -44,7 +47,15 @@ pub fn plan(
         return Plan::NotMember;
     };
     let current = match local_hash(local) {
-        Some(h) => h == desired.hash,
+        Some(h) if h == desired.hash => {
+            if local == desired.rendered.as_slice()
+                || crate::manifest::same_pod(local, &desired.rendered)
+            {
+                return Plan::Current;
+            }
+            return Plan::Drifted;
+        }
+        Some(_) => false,
         // A hand-placed manifest with no hash is current when it is the template already.
         None => crate::manifest::same_pod(local, &desired.rendered),
     };
@@ -64,5 +75,119 @@ pub fn plan(
                 needs_slot: ready_now,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{Kind, ObjectKey};
+    use crate::resources::MaxUnavailable;
+
+    const HAND_PLACED: &[u8] =
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: nginx\nspec:\n  containers:\n  - name: web\n    image: nginx:1.19.1\n";
+
+    fn desired(image: &str, strategy: Strategy) -> DesiredObject {
+        let template = serde_saphyr::from_str(&format!(
+            "spec:\n  containers:\n  - name: web\n    image: {image}\n"
+        ))
+        .unwrap();
+        let r = crate::manifest::render("StaticPod default/nginx", "default", "nginx", &template)
+            .unwrap();
+        DesiredObject {
+            key: ObjectKey {
+                kind: Kind::StaticPod,
+                namespace: "default".into(),
+                name: "nginx".into(),
+            },
+            uid: "u".into(),
+            generation: 1,
+            manifest: "nginx".into(),
+            strategy,
+            max_unavailable: MaxUnavailable::Count(1),
+            revision_history_limit: 3,
+            hash: r.hash,
+            rendered: r.bytes,
+            members: None,
+        }
+    }
+
+    fn ready(hash: Option<&str>) -> MirrorState {
+        MirrorState {
+            hash: hash.map(str::to_string),
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn every_case_of_the_plan() {
+        let none = HashMap::new();
+        let old = desired("nginx:1.19.1", Strategy::AdvancedRollingUpdate);
+        let new = desired("nginx:1.19.2", Strategy::AdvancedRollingUpdate);
+        let ota = desired("nginx:1.19.2", Strategy::Ota);
+        let up = Some(ready(None));
+        let down = Some(MirrorState {
+            hash: None,
+            ready: false,
+        });
+
+        assert_eq!(plan(&new, None, None, &none), Plan::NotMember);
+        // A hand-placed file equal to the template: current, nothing to write.
+        assert_eq!(
+            plan(&old, Some(HAND_PLACED), up.as_ref(), &none),
+            Plan::Current
+        );
+        // Our own rendering: current.
+        assert_eq!(
+            plan(&new, Some(&new.rendered), up.as_ref(), &none),
+            Plan::Current
+        );
+        // Behind: a slot is needed while the current pod is Ready, not when it is not.
+        assert_eq!(
+            plan(&new, Some(HAND_PLACED), up.as_ref(), &none),
+            Plan::Upgrade { needs_slot: true }
+        );
+        assert_eq!(
+            plan(&new, Some(&old.rendered), down.as_ref(), &none),
+            Plan::Upgrade { needs_slot: false }
+        );
+        assert_eq!(
+            plan(&new, Some(&old.rendered), None, &none),
+            Plan::Upgrade { needs_slot: false }
+        );
+        // OTA only announces.
+        assert_eq!(
+            plan(&ota, Some(HAND_PLACED), up.as_ref(), &none),
+            Plan::UpgradeAvailable
+        );
+        // A hash rolled back here is held back until the template changes.
+        let failed = HashMap::from([("nginx".to_string(), new.hash.clone())]);
+        assert_eq!(
+            plan(&new, Some(HAND_PLACED), up.as_ref(), &failed),
+            Plan::HeldBack {
+                hash: new.hash.clone()
+            }
+        );
+        let newer = desired("nginx:1.19.3", Strategy::AdvancedRollingUpdate);
+        assert_eq!(
+            plan(&newer, Some(HAND_PLACED), up.as_ref(), &failed),
+            Plan::Upgrade { needs_slot: true }
+        );
+        // Edited on the node but still carrying the desired hash: drift.
+        let edited = String::from_utf8(new.rendered.clone())
+            .unwrap()
+            .replace("nginx:1.19.2", "nginx:evil");
+        assert_eq!(
+            plan(&new, Some(edited.as_bytes()), up.as_ref(), &none),
+            Plan::Drifted
+        );
+        // Reformatted but the same pod: not drift.
+        let reformatted = String::from_utf8(new.rendered.clone())
+            .unwrap()
+            .replace("# Managed", "# managed");
+        assert_eq!(
+            plan(&new, Some(reformatted.as_bytes()), up.as_ref(), &none),
+            Plan::Current
+        );
     }
 }

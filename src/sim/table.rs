@@ -62,9 +62,10 @@ fn column(name: &str, type_: &str, priority: i64, description: &str) -> PrinterC
 /// A Table of objects of one type, with the columns kubectl shows for it.
 pub fn table(rt: &ResourceType, objects: &[Arc<Value>], rv: u64, include: &str) -> Value {
     let columns = columns(rt);
-    let mut defs = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}),
-    ];
+    // Events list by time; their name is shown only with -o wide, as the API server does.
+    let name_priority = if rt.kind == "Event" { 1 } else { 0 };
+    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name",
+                               "description": "Name of the object", "priority": name_priority})];
     defs.extend(columns.iter().map(|c| {
         json!({"name": c.name, "type": if c.type_ == "date" { "string" } else { c.type_.as_str() },
                "format": "", "description": c.description, "priority": c.priority})
@@ -134,7 +135,7 @@ fn cell(rt: &ResourceType, c: &PrinterColumn, obj: &Value) -> Value {
             .unwrap_or_default()
             .to_string()
     };
-    let age = |p: &str| {
+    let age_at = |p: &str| {
         json!(
             obj.pointer(p)
                 .and_then(Value::as_str)
@@ -156,7 +157,7 @@ fn cell(rt: &ResourceType, c: &PrinterColumn, obj: &Value) -> Value {
     }
     let none = || json!("<none>");
     match c.name.as_str() {
-        "Age" => age("/metadata/creationTimestamp"),
+        "Age" => age_at("/metadata/creationTimestamp"),
         "Ready" => {
             let statuses = obj
                 .pointer("/status/containerStatuses")
