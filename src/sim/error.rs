@@ -130,6 +130,50 @@ impl ApiError {
         )
     }
 
+    /// 403 worded as the API server's authorizer words it:
+    /// `pods "p" is forbidden: User "u" cannot patch resource "pods/status" in API group "" in
+    /// the namespace "default"`, with the admission plugin's reason appended when there is one.
+    pub fn forbidden_request(
+        user: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        name: Option<&str>,
+        ns: Option<&str>,
+        reason: Option<&str>,
+    ) -> Self {
+        let plural = resource.split('/').next().unwrap_or(resource);
+        let qualified = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        let subject = match name {
+            Some(name) => format!("{qualified} \"{name}\""),
+            None => qualified,
+        };
+        let scope = match ns {
+            Some(ns) => format!(" in the namespace \"{ns}\""),
+            None => " at the cluster scope".to_string(),
+        };
+        let reason = reason.map(|r| format!(": {r}")).unwrap_or_default();
+        let mut details = json!({"kind": plural});
+        if let Some(name) = name {
+            details["name"] = json!(name);
+        }
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}{reason}"
+            ),
+            details,
+        )
+    }
+
     pub fn method_not_allowed(message: &str) -> Self {
         Self::new(405, "MethodNotAllowed", message.to_string(), json!({}))
     }

@@ -171,7 +171,7 @@ fn builtin(
 
 /// The built-in resources the dev cluster serves from the start.
 pub fn builtin_types() -> Vec<ResourceType> {
-    vec![
+    let mut types = vec![
         builtin("", "v1", "Namespace", "namespaces", false, &["ns"], true),
         builtin("", "v1", "Node", "nodes", false, &["no"], true),
         builtin("", "v1", "Pod", "pods", true, &["po"], true),
@@ -187,15 +187,9 @@ pub fn builtin_types() -> Vec<ResourceType> {
         ),
         builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"], false),
         builtin("", "v1", "Secret", "secrets", true, &[], false),
-        builtin(
-            "events.k8s.io",
-            "v1",
-            "Event",
-            "events",
-            true,
-            &["ev"],
-            false,
-        ),
+        // Only the core group's events have the short name `ev`, as in Kubernetes (kubectl
+        // warns about an ambiguous short name otherwise).
+        builtin("events.k8s.io", "v1", "Event", "events", true, &[], false),
         builtin(
             "coordination.k8s.io",
             "v1",
@@ -277,5 +271,14 @@ pub fn builtin_types() -> Vec<ResourceType> {
             &["crd", "crds"],
             true,
         ),
-    ]
+    ];
+    // `kubectl get all` lists the resources in category "all".
+    for t in &mut types {
+        if matches!(t.kind.as_str(), "Pod" | "Deployment")
+            && (t.group.is_empty() || t.group == "apps")
+        {
+            t.categories = vec!["all".to_string()];
+        }
+    }
+    types
 }

@@ -724,8 +724,14 @@ fn reset_status_on_create(rt: &ResourceType, obj: &mut Value) {
                 .unwrap_or(json!("BestEffort"));
             set_field(obj, "status", json!({"phase": "Pending", "qosClass": qos}));
         }
-        // Nodes and namespaces are created with their status by their owners.
-        ("", "Node") | ("", "Namespace") => {}
+        // A new namespace is Active, as the API server's namespace strategy makes it.
+        ("", "Namespace") => {
+            if obj.pointer("/status/phase").is_none() {
+                set_field(obj, "status", json!({"phase": "Active"}));
+            }
+        }
+        // Nodes are created with their status by their kubelets.
+        ("", "Node") => {}
         _ => set_field(obj, "status", Value::Null),
     }
 }

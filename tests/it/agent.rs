@@ -1,0 +1,1481 @@
+//! End-to-end tests of the node agent. The dev cluster and the status controller run inside
+//! the test; every node's agent is a separate `staticpod-puller run` (or `sync --once`) process
+//! of the built binary, with its own identity, configuration file, manifest and state
+//! directories, as on a real node. Each test has its own temporary directory, waits on
+//! conditions with deadlines, and says what it expected and what it saw.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use staticpod_puller::config::HumanDuration;
+use staticpod_puller::controller::status::{pod_hash, pod_ready};
+use staticpod_puller::manifest::{hash_of_manifest, parse_manifest, template_hash};
+use staticpod_puller::resources::StaticPod;
+use staticpod_puller::rollout::slots::OBJECT_ANNOTATION;
+use staticpod_puller::sim::cluster::{DevCluster, DevClusterOptions};
+use staticpod_puller::sim::kubelet::Timings;
+use staticpod_puller::sim::resource::ResourceKey;
+use staticpod_puller::sim::store::Store;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::support;
+
+const NS: &str = "default";
+const OLD_IMAGE: &str = "nginx:1.19.1";
+const NEW_IMAGE: &str = "nginx:1.19.2";
+const FIXED_IMAGE: &str = "nginx:1.19.3";
+/// How often the tests' own watchers sample files and pods.
+const SAMPLE: Duration = Duration::from_millis(20);
+
+/// A manifest as an operator places it by hand: no hash annotation.
+fn hand_placed(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: web\n    image: {image}\n"
+    )
+}
+
+/// A pod spec with one container.
+fn web(image: &str) -> Value {
+    json!({"containers": [{"name": "web", "image": image}]})
+}
+
+/// A StaticPod as an operator writes it for OpenYurt.
+fn static_pod(name: &str, manifest: &str, max_unavailable: Value, spec: Value) -> Value {
+    json!({
+        "apiVersion": "apps.openyurt.io/v1alpha1", "kind": "StaticPod",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"staticPodManifest": manifest,
+                 "upgradeStrategy": {"type": "AdvancedRollingUpdate", "maxUnavailable": max_unavailable},
+                 "template": {"metadata": {"name": name}, "spec": spec}},
+    })
+}
+
+/// The agents' rollout settings.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    progress_deadline: Duration,
+    lease_duration: Duration,
+}
+
+impl Settings {
+    /// For upgrades expected to succeed: a deadline no busy CI machine reaches.
+    fn patient() -> Self {
+        Settings {
+            progress_deadline: Duration::from_secs(20),
+            lease_duration: Duration::from_secs(3),
+        }
+    }
+
+    /// For upgrades expected to be rolled back.
+    fn deadline(progress_deadline: Duration) -> Self {
+        Settings {
+            progress_deadline,
+            ..Settings::patient()
+        }
+    }
+}
+
+/// One agent process, killed (SIGKILL) when dropped.
+struct AgentProc {
+    child: Child,
+}
+
+impl AgentProc {
+    /// `kill -9`, and reap it.
+    fn kill9(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("reaping the killed agent")
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mirror pod of an object on a node, as the API server holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mirror {
+    hash: Option<String>,
+    ready: bool,
+}
+
+fn mirror(store: &Store, name: &str, node: &str) -> Option<Mirror> {
+    let value = store
+        .get(
+            &ResourceKey::core("pods"),
+            Some(NS),
+            &format!("{name}-{node}"),
+        )
+        .ok()?;
+    let pod: Pod = serde_json::from_value((*value).clone()).ok()?;
+    Some(Mirror {
+        hash: pod_hash(&pod).map(str::to_string),
+        ready: pod_ready(&pod),
+    })
+}
+
+/// Identity of one version of a file: a rewrite (even with equal bytes) changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    mtime: (i64, i64),
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        inode: m.ino(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        len: m.len(),
+    })
+}
+
+/// Every entry of a directory (dot files included) with its stamp.
+fn listing(dir: &Path) -> BTreeMap<String, Option<Stamp>> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, stamp(&e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn file_hash(path: &Path) -> Option<String> {
+    hash_of_manifest(&std::fs::read(path).ok()?)
+}
+
+/// One test's world: a dev cluster with the CRDs and RBAC, its controller, and agents.
+struct Env {
+    cluster: DevCluster,
+    admin: kube::Client,
+    dir: tempfile::TempDir,
+    agents: BTreeMap<String, AgentProc>,
+    controller: Option<JoinHandle<()>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+    }
+}
+
+impl Env {
+    async fn start(nodes: usize, timings: Timings) -> Env {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut options = DevClusterOptions::new(dir.path(), nodes);
+        options.timings = timings;
+        let cluster = DevCluster::start(options)
+            .await
+            .expect("the dev cluster starts");
+        let objects = staticpod_puller::demo::bootstrap_objects().expect("the bootstrap objects");
+        cluster
+            .apply(&objects)
+            .expect("CRDs, namespace and agent RBAC applied");
+        let admin = cluster.admin_client().await.expect("an admin client");
+        Env {
+            cluster,
+            admin,
+            dir,
+            agents: BTreeMap::new(),
+            controller: None,
+        }
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.cluster
+            .nodes()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    fn manifest_dir(&self, node: &str) -> PathBuf {
+        self.cluster
+            .node(node)
+            .unwrap_or_else(|| panic!("no node {node}"))
+            .manifest_dir
+            .clone()
+    }
+
+    fn state_dir(&self, node: &str) -> PathBuf {
+        self.cluster
+            .node(node)
+            .unwrap_or_else(|| panic!("no node {node}"))
+            .state_dir
+            .clone()
+    }
+
+    fn manifest(&self, node: &str, manifest: &str) -> PathBuf {
+        self.manifest_dir(node).join(format!("{manifest}.yaml"))
+    }
+
+    fn store(&self) -> &Store {
+        self.cluster.store()
+    }
+
+    /// Place `<manifest>.yaml` by hand on every node and wait for its pods to be Ready.
+    async fn hand_place_everywhere(&self, name: &str, image: &str) {
+        for node in self.nodes() {
+            let path = self.manifest(&node, name);
+            std::fs::write(&path, hand_placed(name, image))
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        }
+        self.wait(
+            &format!("the hand-placed {name} pods to be Ready on every node"),
+            Duration::from_secs(20),
+            async || self.all_mirrors(name, |m| m.ready && m.hash.is_none()),
+        )
+        .await;
+    }
+
+    /// Ok when `ok` holds for the mirror pod of `name` on every node; else what each node has.
+    fn all_mirrors(&self, name: &str, ok: impl Fn(&Mirror) -> bool) -> Result<(), String> {
+        let seen: BTreeMap<String, Option<Mirror>> = self
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let m = mirror(self.store(), name, &n);
+                (n, m)
+            })
+            .collect();
+        if seen.values().all(|m| m.as_ref().is_some_and(&ok)) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    }
+
+    fn start_controller(&mut self) {
+        let client = self.admin.clone();
+        self.controller = Some(tokio::spawn(async move {
+            staticpod_puller::controller::run(
+                client,
+                "staticpod-system",
+                "test-controller",
+                Duration::from_secs(3),
+            )
+            .await;
+        }));
+    }
+
+    /// Write a node's agent configuration file (the keys of config/staticpod-puller.yaml).
+    fn write_config(&self, node: &str, settings: Settings, tag: &str) -> PathBuf {
+        let n = self
+            .cluster
+            .node(node)
+            .unwrap_or_else(|| panic!("no node {node}"));
+        let path = self.dir.path().join(format!("{node}.{tag}.yaml"));
+        let text = format!(
+            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\nlog:\n  level: info\n",
+            n.name,
+            n.agent_kubeconfig.display(),
+            n.manifest_dir.display(),
+            n.state_dir.display(),
+            HumanDuration(settings.progress_deadline),
+            HumanDuration(settings.lease_duration),
+        );
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+
+    fn log_path(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.agent.log"))
+    }
+
+    /// Spawn `staticpod-puller --config <file> run` for a node (stderr appended to its log).
+    fn spawn_agent(&self, node: &str, settings: Settings) -> AgentProc {
+        let config = self.write_config(node, settings, "run");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(node))
+            .expect("the agent log file");
+        let child = Command::new(support::binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the agent of {node}: {e}"));
+        AgentProc { child }
+    }
+
+    fn start_agent(&mut self, node: &str, settings: Settings) {
+        let agent = self.spawn_agent(node, settings);
+        self.agents.insert(node.to_string(), agent);
+    }
+
+    fn start_agents(&mut self, settings: Settings) {
+        for node in self.nodes() {
+            self.start_agent(&node, settings);
+        }
+    }
+
+    /// The last lines of every agent's log, for failure messages.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in self.nodes() {
+            let Ok(text) = std::fs::read_to_string(self.log_path(&node)) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- agent of {node} (last lines)\n"));
+            for line in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Poll `check` until Ok or the deadline; the panic says what was awaited, what was last
+    /// seen, and what the agents logged.
+    async fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl AsyncFnMut() -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = match check().await {
+                Ok(v) => return v,
+                Err(seen) => seen,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last seen: {seen}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Check that `check` keeps holding for `window` (an absence of change, observed).
+    async fn holds(
+        &self,
+        what: &str,
+        window: Duration,
+        mut check: impl AsyncFnMut() -> Result<(), String>,
+    ) {
+        let started = Instant::now();
+        loop {
+            if let Err(seen) = check().await {
+                panic!(
+                    "expected {what} for {window:?}; after {:?} saw: {seen}\n{}",
+                    started.elapsed(),
+                    self.logs()
+                );
+            }
+            if started.elapsed() >= window {
+                return;
+            }
+            tokio::time::sleep(SAMPLE).await;
+        }
+    }
+
+    fn static_pods(&self) -> Api<StaticPod> {
+        Api::namespaced(self.admin.clone(), NS)
+    }
+
+    /// Create a StaticPod; returns its generation and template hash.
+    async fn create(&self, object: Value) -> (i64, String) {
+        let sp: StaticPod = serde_json::from_value(object).expect("a valid StaticPod");
+        let created = self
+            .static_pods()
+            .create(&PostParams::default(), &sp)
+            .await
+            .unwrap_or_else(|e| panic!("creating StaticPod {:?}: {e}", sp.metadata.name));
+        (
+            created.metadata.generation.unwrap_or_default(),
+            template_hash(&created.spec.template),
+        )
+    }
+
+    /// `kubectl patch`: change the image; returns the new generation and template hash.
+    async fn set_image(&self, name: &str, image: &str) -> (i64, String) {
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}});
+        let updated = self
+            .static_pods()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("patching StaticPod {name}: {e}"));
+        (
+            updated.metadata.generation.unwrap_or_default(),
+            template_hash(&updated.spec.template),
+        )
+    }
+
+    /// Wait until the status reads (total, ready, upgraded) for `generation`.
+    async fn wait_status(
+        &self,
+        name: &str,
+        generation: i64,
+        want: (i32, i32, i32),
+        timeout: Duration,
+    ) {
+        let api = self.static_pods();
+        self.wait(
+            &format!(
+                "StaticPod {name} status (total, ready, upgraded) = {want:?} with observedGeneration {generation}"
+            ),
+            timeout,
+            async || {
+                let sp = api.get(name).await.map_err(|e| e.to_string())?;
+                let row = sp.status.as_ref().map(|s| {
+                    (
+                        (s.total_number, s.ready_number, s.upgraded_number),
+                        s.observed_generation,
+                    )
+                });
+                match row {
+                    Some((r, Some(g))) if r == want && g == generation => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The slot Leases of StaticPod `name` (the controller's own Lease is not one).
+    async fn slot_leases(&self, name: &str) -> Result<Vec<Lease>, String> {
+        let api: Api<Lease> = Api::namespaced(self.admin.clone(), "staticpod-system");
+        let owner = format!("sp {NS}/{name}");
+        Ok(api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|l| {
+                l.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(OBJECT_ANNOTATION))
+                    == Some(&owner)
+            })
+            .collect())
+    }
+
+    /// Wait until every slot Lease of `name` has no holder (and at least one exists).
+    async fn wait_slots_released(&self, name: &str) {
+        self.wait(
+            &format!("every slot Lease of {name} released (holderIdentity empty)"),
+            Duration::from_secs(10),
+            async || {
+                let leases = self.slot_leases(name).await?;
+                let holders: Vec<(Option<String>, Option<String>)> = leases
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.metadata.name.clone(),
+                            l.spec.as_ref().and_then(|s| s.holder_identity.clone()),
+                        )
+                    })
+                    .collect();
+                if !holders.is_empty()
+                    && holders
+                        .iter()
+                        .all(|(_, h)| h.as_deref().is_none_or(str::is_empty))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("leases and holders {holders:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Events in the namespace with this reason.
+    async fn events(&self, reason: &str) -> Result<Vec<Event>, String> {
+        let api: Api<Event> = Api::namespaced(self.admin.clone(), NS);
+        Ok(api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect())
+    }
+
+    /// Wait until every node's agent has cached the object at this hash (it has run a pass
+    /// with it: the cache is saved at the start of the pass that plans with it).
+    async fn wait_agents_saw(&self, hash: &str) {
+        self.wait(
+            &format!("every agent to have cached the desired hash {hash}"),
+            Duration::from_secs(20),
+            async || {
+                let missing: Vec<String> = self
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| {
+                        !std::fs::read_to_string(self.state_dir(n).join("desired.json"))
+                            .is_ok_and(|t| t.contains(hash))
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not yet on {missing:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Run `staticpod-puller --config <file> sync --once <extra>` for a node.
+    async fn sync_once(&self, node: &str, settings: Settings, extra: &[&str]) -> Outcome {
+        let config = self.write_config(node, settings, "sync");
+        let mut cmd = tokio::process::Command::new(support::binary());
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["sync", "--once"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        run_to_end(cmd, Duration::from_secs(60)).await
+    }
+}
+
+/// How a short-lived process ended.
+struct Outcome {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run_to_end(mut cmd: tokio::process::Command, timeout: Duration) -> Outcome {
+    let output = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd:?} did not exit within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    Outcome {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// One version of a watched file, when a watcher first saw it.
+#[derive(Clone)]
+struct Version {
+    file: PathBuf,
+    at: Instant,
+    /// None: the file was missing.
+    bytes: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let content = match &self.bytes {
+            Some(b) => String::from_utf8_lossy(b).into_owned(),
+            None => "(missing)".to_string(),
+        };
+        write!(f, "\n{} at {:?}:\n{content}", self.file.display(), self.at)
+    }
+}
+
+/// Records every distinct version of every non-dot file in some directories (and the absence
+/// of expected ones), sampling every few milliseconds. A rename is atomic, so each read sees
+/// one whole version.
+struct DirWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Version>>>,
+    task: JoinHandle<()>,
+}
+
+impl DirWatch {
+    fn start(dirs: Vec<PathBuf>, expected: &str) -> DirWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Vec<Version>>> = Arc::default();
+        let expected = expected.to_string();
+        let task = tokio::spawn({
+            let (stop, seen) = (stop.clone(), seen.clone());
+            async move {
+                let mut last: BTreeMap<PathBuf, Option<Vec<u8>>> = BTreeMap::new();
+                loop {
+                    // One last sample after the stop: `finish` sees everything before it.
+                    let stopping = stop.load(Ordering::SeqCst);
+                    for dir in &dirs {
+                        let mut files: BTreeSet<PathBuf> = std::fs::read_dir(dir)
+                            .map(|es| {
+                                es.flatten()
+                                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                                    .map(|e| e.path())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        files.insert(dir.join(&expected));
+                        for file in files {
+                            let bytes = std::fs::read(&file).ok();
+                            if last.get(&file) != Some(&bytes) {
+                                last.insert(file.clone(), bytes.clone());
+                                seen.lock().unwrap().push(Version {
+                                    file,
+                                    at: Instant::now(),
+                                    bytes,
+                                });
+                            }
+                        }
+                    }
+                    if stopping {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        DirWatch { stop, seen, task }
+    }
+
+    fn history(&self) -> Vec<Version> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn finish(self) -> Vec<Version> {
+        self.stop.store(true, Ordering::SeqCst);
+        let seen = self.seen.clone();
+        let _ = self.task.await;
+        seen.lock().unwrap().clone()
+    }
+}
+
+/// When `file` was first seen with `hash`, and when it was next seen with other content.
+fn write_and_restore(history: &[Version], file: &Path, hash: &str) -> Option<(Instant, Instant)> {
+    let versions: Vec<&Version> = history.iter().filter(|v| v.file == file).collect();
+    let written = versions.iter().position(|v| {
+        v.bytes
+            .as_deref()
+            .and_then(hash_of_manifest)
+            .is_some_and(|h| h == hash)
+    })?;
+    let restored = versions[written + 1..].first()?;
+    Some((versions[written].at, restored.at))
+}
+
+// --- 1. The seed scenario -----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_adopts_hand_placed_files_without_writing_then_upgrades_every_node() {
+    let mut env = Env::start(3, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let before: BTreeMap<String, Option<Stamp>> = env
+        .nodes()
+        .iter()
+        .map(|n| (n.clone(), stamp(&env.manifest(n, "nginx"))))
+        .collect();
+
+    let (generation, old_hash) = env
+        .create(static_pod("nginx", "nginx", json!(3), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    env.wait_status("nginx", generation, (3, 3, 0), Duration::from_secs(20))
+        .await;
+    // The agents have planned with the object; equal content is never written, and no slot is
+    // taken for a node that is already current.
+    env.wait_agents_saw(&old_hash).await;
+    env.holds(
+        "the hand-placed files untouched (same inode and mtime) and no slot Lease",
+        Duration::from_secs(1),
+        async || {
+            let now: BTreeMap<String, Option<Stamp>> = env
+                .nodes()
+                .iter()
+                .map(|n| (n.clone(), stamp(&env.manifest(n, "nginx"))))
+                .collect();
+            if now != before {
+                return Err(format!("stamps were {before:?}, now {now:?}"));
+            }
+            let leases = env.slot_leases("nginx").await?;
+            if !leases.is_empty() {
+                let names: Vec<_> = leases.iter().map(|l| l.metadata.name.clone()).collect();
+                return Err(format!("slot Leases created: {names:?}"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+
+    let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    assert_ne!(new_hash, old_hash, "a new image is a new revision");
+    env.wait_status("nginx", generation, (3, 3, 3), Duration::from_secs(30))
+        .await;
+    for node in env.nodes() {
+        let path = env.manifest(&node, "nginx");
+        let bytes = std::fs::read(&path).expect("the manifest is still there");
+        let pod = parse_manifest(&bytes).expect("the written manifest is a v1 Pod");
+        let annotations = pod.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.get("openyurt.io/static-pod-hash"),
+            Some(&new_hash),
+            "{}: expected the hash annotation of the new template",
+            path.display()
+        );
+        let image = pod
+            .spec
+            .and_then(|s| s.containers.into_iter().next()?.image);
+        assert_eq!(image.as_deref(), Some(NEW_IMAGE), "{}", path.display());
+        let names: Vec<String> = listing(&env.manifest_dir(&node)).into_keys().collect();
+        assert_eq!(
+            names,
+            vec!["nginx.yaml".to_string()],
+            "{node}: only the manifest in the manifest directory (no temp file, no backup)"
+        );
+    }
+    env.wait_slots_released("nginx").await;
+}
+
+// --- 2. The budget holds ------------------------------------------------------------------
+
+/// Roll out on 10 nodes with slow readiness while sampling files and mirror pods; at no sample
+/// may more than `budget` members be upgrading (file carries the new hash, mirror pod not yet
+/// Ready with it).
+async fn rollout_respects_budget(max_unavailable: Value, budget: usize) {
+    let timings = Timings {
+        ready: Duration::from_millis(800),
+        ..Timings::fast()
+    };
+    let mut env = Env::start(10, timings).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, _) = env
+        .create(static_pod(
+            "nginx",
+            "nginx",
+            max_unavailable.clone(),
+            web(OLD_IMAGE),
+        ))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    env.wait_status("nginx", generation, (10, 10, 0), Duration::from_secs(30))
+        .await;
+
+    let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn({
+        let store = env.cluster.store().clone();
+        let files: Vec<(String, PathBuf)> = env
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let f = env.manifest(&n, "nginx");
+                (n, f)
+            })
+            .collect();
+        let (stop, new_hash) = (stop.clone(), new_hash.clone());
+        async move {
+            let (mut max, mut samples, mut worst) = (0usize, 0usize, String::new());
+            while !stop.load(Ordering::SeqCst) {
+                // Files first, then pods: a pod only moves towards Ready-with-the-new-hash, and
+                // a slot is freed only after that, so this order never overcounts.
+                let written: Vec<&String> = files
+                    .iter()
+                    .filter(|(_, f)| file_hash(f).as_deref() == Some(new_hash.as_str()))
+                    .map(|(n, _)| n)
+                    .collect();
+                let upgrading: Vec<(&String, Option<Mirror>)> = written
+                    .into_iter()
+                    .map(|n| (n, mirror(&store, "nginx", n)))
+                    .filter(|(_, m)| {
+                        !m.as_ref()
+                            .is_some_and(|m| m.ready && m.hash.as_deref() == Some(&new_hash))
+                    })
+                    .collect();
+                samples += 1;
+                if upgrading.len() > max {
+                    max = upgrading.len();
+                    worst = format!("{upgrading:?}");
+                }
+                tokio::time::sleep(SAMPLE).await;
+            }
+            (max, samples, worst)
+        }
+    });
+    env.wait_status("nginx", generation, (10, 10, 10), Duration::from_secs(60))
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let (max, samples, worst) = watcher.await.expect("the budget watcher");
+    println!("maxUnavailable {max_unavailable}: at most {max} upgrading over {samples} samples");
+    assert!(
+        max <= budget,
+        "maxUnavailable {max_unavailable} allows {budget} members upgrading at once; saw {max}: {worst}"
+    );
+    assert!(
+        max >= 1 && samples >= 10,
+        "the watcher should have seen the rollout: max {max} upgrading over {samples} samples"
+    );
+    for node in env.nodes() {
+        assert_eq!(
+            file_hash(&env.manifest(&node, "nginx")).as_deref(),
+            Some(new_hash.as_str()),
+            "{node}: expected the new revision in the manifest"
+        );
+    }
+    env.wait_slots_released("nginx").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_never_has_more_upgrading_than_max_unavailable_count() {
+    rollout_respects_budget(json!(2), 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_never_has_more_upgrading_than_max_unavailable_percent() {
+    // 25% of 10 members, rounded up.
+    rollout_respects_budget(json!("25%"), 3).await;
+}
+
+// --- 3. Broken image → rollback -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_image_is_rolled_back_within_the_deadline_and_not_retried_until_the_template_changes()
+ {
+    let deadline = Duration::from_secs(3);
+    let mut env = Env::start(2, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, old_hash) = env
+        .create(static_pod("nginx", "nginx", json!(2), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::deadline(deadline));
+    env.wait_status("nginx", generation, (2, 2, 0), Duration::from_secs(20))
+        .await;
+    env.wait_agents_saw(&old_hash).await;
+
+    let dirs = env.nodes().iter().map(|n| env.manifest_dir(n)).collect();
+    let watch = DirWatch::start(dirs, "nginx.yaml");
+    env.cluster.set_broken_image(NEW_IMAGE, true);
+    let (_, bad_hash) = env.set_image("nginx", NEW_IMAGE).await;
+
+    let rolled_back = env
+        .wait(
+            "a RolledBack event from every node",
+            deadline + Duration::from_secs(15),
+            async || {
+                let events = env.events("RolledBack").await?;
+                let missing: Vec<String> = env
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| {
+                        !events.iter().any(|e| {
+                            e.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains(&format!("node {n}:")))
+                        })
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    Ok(events)
+                } else {
+                    Err(format!("none yet from {missing:?}"))
+                }
+            },
+        )
+        .await;
+    for e in &rolled_back {
+        let message = e.message.clone().unwrap_or_default();
+        assert_eq!(e.type_.as_deref(), Some("Warning"), "{message}");
+        assert_eq!(
+            (
+                e.involved_object.kind.as_deref(),
+                e.involved_object.name.as_deref()
+            ),
+            (Some("StaticPod"), Some("nginx")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&bad_hash),
+            "expected the rolled back hash {bad_hash} in: {message}"
+        );
+    }
+    let history = watch.history();
+    for node in env.nodes() {
+        let path = env.manifest(&node, "nginx");
+        let bytes = std::fs::read(&path).expect("the manifest is still there");
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            hand_placed("nginx", OLD_IMAGE),
+            "{node}: expected the previous (hand-placed) manifest restored byte for byte"
+        );
+        let (written, restored) =
+            write_and_restore(&history, &path, &bad_hash).unwrap_or_else(|| {
+                panic!("{node}: expected to see {bad_hash} written then replaced; saw {history:?}")
+            });
+        let took = restored - written;
+        assert!(
+            took + Duration::from_millis(100) >= deadline
+                && took <= deadline + Duration::from_secs(3),
+            "{node}: expected the rollback {deadline:?} after the write (the progress deadline); it came after {took:?}"
+        );
+    }
+    env.wait_slots_released("nginx").await;
+    env.wait(
+        "the restored pods Ready again",
+        Duration::from_secs(10),
+        async || env.all_mirrors("nginx", |m| m.ready && m.hash.is_none()),
+    )
+    .await;
+
+    // The failed hash is not retried, not even by a restarted agent (it is remembered in the
+    // state directory): the files stay as they are, no new upgrade starts.
+    let restarted = env.nodes()[0].clone();
+    env.agents
+        .get_mut(&restarted)
+        .expect("the first agent")
+        .kill9();
+    env.start_agent(&restarted, Settings::deadline(deadline));
+    let log = env.log_path(&restarted);
+    env.wait(
+        &format!("the agent of {restarted} started again"),
+        Duration::from_secs(10),
+        async || {
+            let starts = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("agent started")
+                .count();
+            if starts >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{starts} \"agent started\" lines"))
+            }
+        },
+    )
+    .await;
+    let started = env.events("UpgradeStarted").await.expect("listing events");
+    let watched = watch.history().len();
+    env.holds(
+        "the restored manifests left alone (the failed hash is not retried)",
+        Duration::from_secs(3),
+        async || {
+            for node in env.nodes() {
+                let bytes =
+                    std::fs::read(env.manifest(&node, "nginx")).map_err(|e| e.to_string())?;
+                if bytes != hand_placed("nginx", OLD_IMAGE).as_bytes() {
+                    return Err(format!("{node}: {}", String::from_utf8_lossy(&bytes)));
+                }
+            }
+            let now = env.events("UpgradeStarted").await?;
+            if now.len() != started.len() {
+                return Err(format!(
+                    "{} UpgradeStarted events, was {}",
+                    now.len(),
+                    started.len()
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let history = watch.finish().await;
+    assert_eq!(
+        history.len(),
+        watched,
+        "no manifest version after the rollback; saw {:?}",
+        &history[watched..]
+    );
+
+    // A fixed template rolls out.
+    let (generation, fixed_hash) = env.set_image("nginx", FIXED_IMAGE).await;
+    env.wait_status("nginx", generation, (2, 2, 2), Duration::from_secs(20))
+        .await;
+    for node in env.nodes() {
+        assert_eq!(
+            file_hash(&env.manifest(&node, "nginx")).as_deref(),
+            Some(fixed_hash.as_str()),
+            "{node}: expected the fixed revision"
+        );
+    }
+}
+
+// --- 4. One agent per state directory ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_state_directory_exits_saying_who_holds_the_lock() {
+    let mut env = Env::start(1, Timings::fast()).await;
+    let node = env.nodes()[0].clone();
+    env.start_agent(&node, Settings::patient());
+    let pid = env.agents[&node].child.id().to_string();
+    let lock = env.state_dir(&node).join("lock");
+    env.wait(
+        "the first agent to hold the lock (its pid in the lock file)",
+        Duration::from_secs(10),
+        async || match std::fs::read_to_string(&lock) {
+            Ok(text) if text.trim() == pid => Ok(()),
+            other => Err(format!("{other:?}, want {pid}")),
+        },
+    )
+    .await;
+
+    let config = env.write_config(&node, Settings::patient(), "second");
+    let mut second = tokio::process::Command::new(support::binary());
+    second
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = run_to_end(second, Duration::from_secs(20)).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("holds the lock") && out.stderr.contains(&pid),
+        "expected the second `run` to exit non-zero naming the lock holder (pid {pid}); got {:?}, stderr: {}",
+        out.status,
+        out.stderr
+    );
+
+    let out = env.sync_once(&node, Settings::patient(), &[]).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("holds the lock"),
+        "expected `sync --once` beside a running agent to exit non-zero (holds the lock); got {:?}, stderr: {}",
+        out.status,
+        out.stderr
+    );
+    let agent = env.agents.get_mut(&node).expect("the first agent");
+    assert!(
+        agent
+            .child
+            .try_wait()
+            .expect("polling the first agent")
+            .is_none(),
+        "the first agent keeps running\n{}",
+        env.logs()
+    );
+}
+
+// --- 5. Hostile objects -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_objects_are_refused_and_write_nothing_while_a_good_object_converges() {
+    let mut env = Env::start(1, Timings::fast()).await;
+    let node = env.nodes()[0].clone();
+    let manifest_dir = env.manifest_dir(&node);
+    // Where `../../etc/cron.d/x` points from the manifest directory: make it writable.
+    let cron_d = manifest_dir.join("../../etc/cron.d");
+    std::fs::create_dir_all(&cron_d).expect("creating the decoy cron.d");
+    std::fs::write(
+        manifest_dir.join("leaky.yaml"),
+        hand_placed("leaky", OLD_IMAGE),
+    )
+    .expect("placing leaky.yaml");
+    std::fs::write(manifest_dir.join("web.yaml"), hand_placed("web", OLD_IMAGE))
+        .expect("placing web.yaml");
+    env.wait(
+        "the hand-placed pods Ready",
+        Duration::from_secs(20),
+        async || {
+            let m = (
+                mirror(env.store(), "leaky", &node),
+                mirror(env.store(), "web", &node),
+            );
+            match &m {
+                (Some(a), Some(b)) if a.ready && b.ready => Ok(()),
+                _ => Err(format!("{m:?}")),
+            }
+        },
+    )
+    .await;
+    let leaky_before = stamp(&manifest_dir.join("leaky.yaml"));
+
+    env.create(static_pod(
+        "escape",
+        "../../etc/cron.d/x",
+        json!(1),
+        web(NEW_IMAGE),
+    ))
+    .await;
+    let mut secret = web(NEW_IMAGE);
+    secret["volumes"] = json!([{"name": "creds", "secret": {"secretName": "node-creds"}}]);
+    secret["containers"][0]["volumeMounts"] = json!([{"name": "creds", "mountPath": "/creds"}]);
+    env.create(static_pod("leaky", "leaky", json!(1), secret))
+        .await;
+    let (generation, web_hash) = env
+        .create(static_pod("web", "web", json!(1), web(NEW_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+
+    env.wait_status("web", generation, (1, 1, 1), Duration::from_secs(20))
+        .await;
+    let refused = env
+        .wait(
+            "Refused events for escape and leaky",
+            Duration::from_secs(10),
+            async || {
+                let events = env.events("Refused").await?;
+                let names: BTreeSet<String> = events
+                    .iter()
+                    .filter_map(|e| e.involved_object.name.clone())
+                    .collect();
+                if names.contains("escape") && names.contains("leaky") {
+                    Ok(events)
+                } else {
+                    Err(format!("Refused events for {names:?}"))
+                }
+            },
+        )
+        .await;
+    for e in &refused {
+        let message = e.message.clone().unwrap_or_default();
+        assert_eq!(e.type_.as_deref(), Some("Warning"), "{message}");
+        let field = match e.involved_object.name.as_deref() {
+            Some("escape") => "spec.staticPodManifest",
+            Some("leaky") => "secret",
+            other => panic!("unexpected Refused event for {other:?}: {message}"),
+        };
+        assert!(
+            message.contains(&node) && message.contains(field),
+            "expected the node and {field} named in: {message}"
+        );
+    }
+
+    let after = listing(&manifest_dir);
+    let names: Vec<&String> = after.keys().collect();
+    assert_eq!(
+        names,
+        vec!["leaky.yaml", "web.yaml"],
+        "expected nothing but the two manifests in the manifest directory"
+    );
+    assert_eq!(
+        stamp(&manifest_dir.join("leaky.yaml")),
+        leaky_before,
+        "leaky.yaml must not be rewritten by a refused object"
+    );
+    assert_eq!(
+        file_hash(&manifest_dir.join("web.yaml")).as_deref(),
+        Some(web_hash.as_str()),
+        "the good object converges on the same node"
+    );
+    let escaped: Vec<String> = listing(&cron_d).into_keys().collect();
+    assert!(
+        escaped.is_empty(),
+        "nothing may be written outside the manifest directory; {} holds {escaped:?}",
+        cron_d.display()
+    );
+}
+
+// --- 6. sync --once -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_exits_zero_when_converged_and_non_zero_with_the_reason_when_rolled_back() {
+    let env = Env::start(1, Timings::fast()).await;
+    let node = env.nodes()[0].clone();
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (_, new_hash) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(NEW_IMAGE)))
+        .await;
+
+    let out = env
+        .sync_once(&node, Settings::patient(), &["--timeout", "30s"])
+        .await;
+    assert!(
+        out.status.success() && out.stdout.contains(&format!("node {node} converged")),
+        "expected exit 0 and \"node {node} converged\"; got {:?}, stdout: {}, stderr: {}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        file_hash(&env.manifest(&node, "nginx")).as_deref(),
+        Some(new_hash.as_str()),
+        "sync --once upgraded the manifest"
+    );
+    assert_eq!(
+        mirror(env.store(), "nginx", &node),
+        Some(Mirror {
+            hash: Some(new_hash.clone()),
+            ready: true
+        }),
+        "converged means the new pod is Ready"
+    );
+    let upgraded = std::fs::read(env.manifest(&node, "nginx")).expect("the manifest");
+
+    env.cluster.set_broken_image(FIXED_IMAGE, true);
+    let (_, bad_hash) = env.set_image("nginx", FIXED_IMAGE).await;
+    let out = env
+        .sync_once(
+            &node,
+            Settings::deadline(Duration::from_millis(1500)),
+            &["--timeout", "4s"],
+        )
+        .await;
+    assert!(
+        !out.status.success()
+            && out
+                .stderr
+                .contains(&format!("{bad_hash} was rolled back here")),
+        "expected a non-zero exit saying \"{bad_hash} was rolled back here\"; got {:?}, stderr: {}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read(env.manifest(&node, "nginx")).expect("the manifest"),
+        upgraded,
+        "the previous manifest is restored"
+    );
+}
+
+// --- 7. kill -9 in the middle of an upgrade ------------------------------------------------
+
+/// Start an upgrade on one node with slow readiness, `kill -9` its agent right after the write
+/// (before Ready), restart it, and return what the manifest directory went through.
+async fn kill_after_write(broken: bool) -> (Env, String, String, DirWatch) {
+    let timings = Timings {
+        ready: Duration::from_millis(2500),
+        ..Timings::fast()
+    };
+    let settings = Settings {
+        progress_deadline: if broken {
+            Duration::from_secs(4)
+        } else {
+            Duration::from_secs(20)
+        },
+        lease_duration: Duration::from_secs(3),
+    };
+    let mut env = Env::start(1, timings).await;
+    let node = env.nodes()[0].clone();
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (_, old_hash) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agent(&node, settings);
+    env.wait_agents_saw(&old_hash).await;
+
+    let path = env.manifest(&node, "nginx");
+    let watch = DirWatch::start(vec![env.manifest_dir(&node)], "nginx.yaml");
+    if broken {
+        env.cluster.set_broken_image(NEW_IMAGE, true);
+    }
+    let (_, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    // Detect the write as closely as possible, then kill at once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while file_hash(&path).as_deref() != Some(new_hash.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "expected the agent to write {new_hash} within 20s\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let status = env.agents.get_mut(&node).expect("the agent").kill9();
+    let at_kill = mirror(env.store(), "nginx", &node);
+    assert!(
+        !at_kill
+            .as_ref()
+            .is_some_and(|m| m.ready && m.hash.as_deref() == Some(&new_hash)),
+        "the kill must land before the new pod is Ready; mirror pod was {at_kill:?}"
+    );
+    let journal = env.state_dir(&node).join("journal-nginx.json");
+    assert!(
+        journal.exists(),
+        "killed mid-upgrade ({status}): expected the journal entry {}",
+        journal.display()
+    );
+    let written = stamp(&path);
+
+    env.start_agent(&node, settings);
+    env.wait(
+        "the restarted agent to end the journaled upgrade",
+        settings.progress_deadline + Duration::from_secs(10),
+        async || {
+            if journal.exists() {
+                Err(format!("{} still there", journal.display()))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    if !broken {
+        assert_eq!(
+            stamp(&path),
+            written,
+            "the restarted agent finishes without writing the manifest again"
+        );
+    }
+    (env, node, new_hash, watch)
+}
+
+/// Every version seen parses, and is either the hand-placed one or the new revision.
+fn assert_only_old_or_new(history: &[Version], new_hash: &str) {
+    let old = hand_placed("nginx", OLD_IMAGE);
+    for v in history {
+        let name = v.file.file_name().unwrap_or_default().to_string_lossy();
+        assert_eq!(
+            name, "nginx.yaml",
+            "no other file may appear in the manifest directory; saw {v:?}"
+        );
+        let bytes = v
+            .bytes
+            .as_deref()
+            .unwrap_or_else(|| panic!("the manifest was missing at {:?}", v.at));
+        parse_manifest(bytes).unwrap_or_else(|e| {
+            panic!(
+                "every version must parse; {e}: {}",
+                String::from_utf8_lossy(bytes)
+            )
+        });
+        let is_old = bytes == old.as_bytes();
+        let is_new = hash_of_manifest(bytes).as_deref() == Some(new_hash);
+        assert!(
+            is_old || is_new,
+            "expected the old or the new revision; saw {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_its_write_completes_the_upgrade_when_restarted() {
+    let (env, node, new_hash, watch) = kill_after_write(false).await;
+    env.wait("the new pod Ready", Duration::from_secs(20), async || {
+        env.all_mirrors("nginx", |m| m.ready && m.hash.as_deref() == Some(&new_hash))
+    })
+    .await;
+    env.wait(
+        "an UpgradeSucceeded event from the restarted agent",
+        Duration::from_secs(10),
+        async || {
+            let events = env.events("UpgradeSucceeded").await?;
+            if events.iter().any(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(&node) && m.contains(&new_hash))
+            }) {
+                Ok(())
+            } else {
+                Err(format!("{} UpgradeSucceeded events", events.len()))
+            }
+        },
+    )
+    .await;
+    env.wait_slots_released("nginx").await;
+    let history = watch.finish().await;
+    assert_only_old_or_new(&history, &new_hash);
+    assert!(
+        history
+            .iter()
+            .any(|v| v.bytes.as_deref().and_then(hash_of_manifest).as_deref() == Some(&new_hash)),
+        "the watcher saw the new revision: {history:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_writing_a_broken_image_rolls_back_when_restarted() {
+    let (env, node, new_hash, watch) = kill_after_write(true).await;
+    let path = env.manifest(&node, "nginx");
+    let history = watch.finish().await;
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(&path).expect("the manifest")),
+        hand_placed("nginx", OLD_IMAGE),
+        "expected the hand-placed manifest restored after the rollback"
+    );
+    let events = env.events("RolledBack").await.expect("listing events");
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&node) && m.contains(&new_hash))),
+        "expected a RolledBack event for {new_hash} from {node}; got {events:?}"
+    );
+    let (written, restored) = write_and_restore(&history, &path, &new_hash)
+        .unwrap_or_else(|| panic!("expected {new_hash} written then restored; saw {history:?}"));
+    // The journal keeps the start time in whole seconds of wall clock: allow a second.
+    let took = restored - written;
+    assert!(
+        took + Duration::from_millis(1200) >= Duration::from_secs(4)
+            && took <= Duration::from_secs(4 + 3),
+        "the deadline (4s) holds across the restart: rolled back {took:?} after the write"
+    );
+    env.wait_slots_released("nginx").await;
+    assert_only_old_or_new(&history, &new_hash);
+}
+
+// --- 8. A NotReady node -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_ready_node_is_skipped_by_the_others_and_upgraded_when_it_comes_back() {
+    let mut env = Env::start(3, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, _) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    env.wait_status("nginx", generation, (3, 3, 0), Duration::from_secs(20))
+        .await;
+
+    let nodes = env.nodes();
+    let (down, up) = (nodes[2].clone(), &nodes[..2]);
+    env.cluster
+        .node(&down)
+        .expect("the third node")
+        .kubelet
+        .set_reporting(false);
+    env.wait_status("nginx", generation, (3, 2, 0), Duration::from_secs(10))
+        .await;
+
+    let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    env.wait(
+        &format!("{up:?} upgraded and Ready while {down} is NotReady"),
+        Duration::from_secs(20),
+        async || {
+            let seen: Vec<Option<Mirror>> =
+                up.iter().map(|n| mirror(env.store(), "nginx", n)).collect();
+            if seen.iter().all(|m| {
+                m.as_ref()
+                    .is_some_and(|m| m.ready && m.hash.as_deref() == Some(&new_hash))
+            }) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    let still_down = mirror(env.store(), "nginx", &down);
+    assert!(
+        still_down.as_ref().is_some_and(|m| !m.ready),
+        "{down} stays NotReady while its kubelet is not reporting; mirror pod {still_down:?}"
+    );
+
+    env.cluster
+        .node(&down)
+        .expect("the third node")
+        .kubelet
+        .set_reporting(true);
+    env.wait_status("nginx", generation, (3, 3, 3), Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        file_hash(&env.manifest(&down, "nginx")).as_deref(),
+        Some(new_hash.as_str()),
+        "{down}: expected the new revision once back"
+    );
+}
