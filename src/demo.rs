@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
 use crate::resources::{self, StaticPod};
+use crate::sim::apiserver::human_duration;
 use crate::sim::cluster::{DevCluster, DevClusterError, DevClusterOptions, SimNode, agent_user};
 use crate::sim::kubelet::Timings;
-use crate::sim::table::age;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -296,7 +296,11 @@ async fn follow(
                 .metadata
                 .creation_timestamp
                 .as_ref()
-                .map(|t| age(&t.0.to_string()))
+                .map(|t| {
+                    human_duration(
+                        k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second(),
+                    )
+                })
                 .unwrap_or_default();
             println!(
                 "  {:<6}{:<8}{:<14}{:<14}{}",

@@ -9,4 +9,3 @@ pub mod patch;
 pub mod resource;
 pub mod selector;
 pub mod store;
-pub mod table;

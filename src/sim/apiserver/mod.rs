@@ -523,3 +523,5 @@ fn error_response(e: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, &e.status_body())
 }
+
+pub use table::human_duration;

@@ -413,7 +413,7 @@ fn age(ts: Option<&Value>, now: Timestamp) -> String {
 
 /// Kubernetes' `duration.HumanDuration` (k8s.io/apimachinery/pkg/util/duration), which
 /// kubectl's AGE columns use: `45s`, `5m20s`, `3h4m`, `2d3h`, ...
-pub(super) fn human_duration(seconds: i64) -> String {
+pub fn human_duration(seconds: i64) -> String {
     if seconds < -1 {
         return "<invalid>".to_string();
     }
