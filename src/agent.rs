@@ -10,18 +10,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Config, DriftMode};
 use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
 use crate::desired::{DesiredObject, ObjectKey, Refusal, cache, cluster};
+use crate::kubeclient::reflect;
 use crate::manifest::store::{ManifestStore, StoreError};
 use crate::resources::{StaticPod, YurtStaticSet};
 use crate::rollout::events::{Reason, Recorder};
@@ -69,32 +69,6 @@ struct Caches {
 /// Start one reflector per watched resource; each task runs until the process ends.
 fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Caches {
     let changed = Arc::new(Notify::new());
-    fn spawn<K>(api: Api<K>, cfg: watcher::Config, changed: Arc<Notify>) -> Store<K>
-    where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-    {
-        let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, cfg))
-            .default_backoff()
-            .touched_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
-                }
-            }
-        });
-        reader
-    }
     let kinds_api = |ns: Option<&str>| -> (Api<StaticPod>, Api<YurtStaticSet>) {
         match ns {
             Some(ns) => (
@@ -108,14 +82,14 @@ fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Cache
     let ns = (config.namespaces.len() == 1).then(|| config.namespaces[0].as_str());
     let (sp, yss) = kinds_api(ns);
     Caches {
-        static_pods: spawn(sp, watcher::Config::default(), changed.clone()),
-        yurt_static_sets: spawn(yss, watcher::Config::default(), changed.clone()),
-        pods: spawn(
+        static_pods: reflect(sp, watcher::Config::default(), changed.clone()),
+        yurt_static_sets: reflect(yss, watcher::Config::default(), changed.clone()),
+        pods: reflect(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             changed.clone(),
         ),
-        leases: spawn(
+        leases: reflect(
             Api::<Lease>::namespaced(client.clone(), &config.agent_namespace),
             watcher::Config::default(),
             changed.clone(),

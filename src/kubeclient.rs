@@ -1,4 +1,5 @@
-//! Building a `kube::Client` from the agent's own kubeconfig file.
+//! Building a `kube::Client` from a kubeconfig file, and the watch caches the agent and the
+//! controller read from.
 
 use std::path::Path;
 
@@ -10,4 +11,40 @@ pub async fn from_kubeconfig(path: &Path) -> Result<kube::Client, String> {
         .await
         .map_err(|e| format!("loading kubeconfig: {e}"))?;
     kube::Client::try_from(config).map_err(|e| format!("building the client: {e}"))
+}
+
+/// A reflector over `api`: a watch (resume from resourceVersion, relist on 410, backoff with
+/// jitter) keeping an in-memory store, waking `changed` on every change. The watch task runs
+/// until the process ends.
+pub fn reflect<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
+            }
+        }
+    });
+    reader
 }

@@ -11,12 +11,10 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -32,22 +30,7 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(_) => changed.notify_one(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "controller watch error (retrying with backoff)")
-                }
-            }
-        }
-    });
-    reader
+    crate::kubeclient::reflect(api, kube::runtime::watcher::Config::default(), changed)
 }
 
 /// Run the controller until the process ends. `identity` names this replica in the Lease.
