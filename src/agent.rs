@@ -27,8 +27,8 @@ use crate::resources::{StaticPod, YurtStaticSet};
 use crate::rollout::events::{Reason, Recorder};
 use crate::rollout::journal::Journal;
 use crate::rollout::plan::{MirrorState, Plan, plan};
-use crate::rollout::slots::{SlotOwner, Slots};
-use crate::rollout::upgrade::{FailedHashes, MirrorPods, Outcome, Upgrader};
+use crate::rollout::slots::{SlotOwner, Slots, random_below};
+use crate::rollout::upgrade::{FailedHashes, MirrorPods, Upgrader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -45,6 +45,7 @@ pub enum AgentError {
 /// Mirror pods of this node, from the pod reflector.
 struct ReflectedPods {
     pods: Store<Pod>,
+    changed: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl MirrorPods for ReflectedPods {
@@ -55,6 +56,10 @@ impl MirrorPods for ReflectedPods {
             ready: pod_ready(&pod),
         })
     }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
 }
 
 /// The caches the agent reads, and a signal when any of them changes.
@@ -64,6 +69,8 @@ struct Caches {
     pods: Store<Pod>,
     leases: Store<Lease>,
     changed: Arc<Notify>,
+    /// Marked on every change of this node's pods, for upgrades waiting on their mirror pod.
+    pods_changed: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 /// Start one reflector per watched resource; each task runs until the process ends.
@@ -81,20 +88,33 @@ fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Cache
     // One namespace, or all: a list of several would need one watch per namespace per kind.
     let ns = (config.namespaces.len() == 1).then(|| config.namespaces[0].as_str());
     let (sp, yss) = kinds_api(ns);
+    let wake = |changed: &Arc<Notify>| {
+        let changed = changed.clone();
+        move || changed.notify_one()
+    };
+    let pods_changed = Arc::new(tokio::sync::watch::Sender::new(()));
+    let on_pod_change = {
+        let (changed, pods_changed) = (changed.clone(), pods_changed.clone());
+        move || {
+            changed.notify_one();
+            pods_changed.send_replace(());
+        }
+    };
     Caches {
-        static_pods: reflect(sp, watcher::Config::default(), changed.clone()),
-        yurt_static_sets: reflect(yss, watcher::Config::default(), changed.clone()),
+        static_pods: reflect(sp, watcher::Config::default(), wake(&changed)),
+        yurt_static_sets: reflect(yss, watcher::Config::default(), wake(&changed)),
         pods: reflect(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-            changed.clone(),
+            on_pod_change,
         ),
         leases: reflect(
             Api::<Lease>::namespaced(client.clone(), &config.agent_namespace),
             watcher::Config::default(),
-            changed.clone(),
+            wake(&changed),
         ),
         changed,
+        pods_changed,
     }
 }
 
@@ -106,9 +126,7 @@ fn watch_manifest_dir(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Our own temp files (dot-prefixed) and editors' swap files change nothing we read,
-        // but a wake-up is cheap: the pass compares content, not events.
-        if event.is_ok() {
+        if event.is_ok_and(|e| changes_manifests(&e)) {
             changed.notify_one();
         }
     })
@@ -122,6 +140,34 @@ fn watch_manifest_dir(
         }
     }
 }
+
+/// Whether a manifest-directory event can change what a pass would see. Reads are not: the
+/// pass itself and kubelet read the files, and waking on those would loop. Dot files (our own
+/// temp files) and editors' swap and backup files are not manifests.
+fn changes_manifests(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    let relevant_kind = matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any
+    ) || matches!(
+        event.kind,
+        EventKind::Modify(notify::event::ModifyKind::Data(_))
+            | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            | EventKind::Modify(notify::event::ModifyKind::Any)
+    );
+    relevant_kind
+        && (event.paths.is_empty()
+            || event.paths.iter().any(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    !n.starts_with('.') && !n.ends_with('~') && !n.ends_with(".swp")
+                })
+            }))
+}
+
+/// The random delay before asking for a free slot grows by this much per waiting node...
+const ACQUIRE_SPREAD_PER_NODE: Duration = Duration::from_millis(2);
+/// ...up to this.
+const ACQUIRE_SPREAD_MAX: Duration = Duration::from_secs(2);
 
 /// An upgrade running in its own task.
 struct Running {
@@ -178,6 +224,7 @@ impl Agent {
             store: store.clone(),
             mirrors: Arc::new(ReflectedPods {
                 pods: caches.pods.clone(),
+                changed: caches.pods_changed.clone(),
             }),
             events: events.clone(),
             failed: Arc::new(FailedHashes::load(&store)),
@@ -343,11 +390,15 @@ impl Agent {
                     .await;
             }
         }
-        if desired != self.last_cached {
-            if let Err(e) = cache::save(&self.store, &desired) {
+        let cacheable: BTreeMap<ObjectKey, DesiredObject> = desired
+            .iter()
+            .map(|(k, d)| (k.clone(), d.cacheable()))
+            .collect();
+        if cacheable != self.last_cached {
+            if let Err(e) = cache::save(&self.store, &cacheable) {
                 tracing::warn!(error = %e, "saving the desired-state cache");
             }
-            self.last_cached = desired.clone();
+            self.last_cached = cacheable;
         }
         let failed = self.upgrader.failed.snapshot();
         let mut pending = Vec::new();
@@ -435,26 +486,24 @@ impl Agent {
         n
     }
 
+    /// Start an upgrade in its own task: take a slot if one is needed (and one looks free),
+    /// then upgrade. The slot is released by the upgrade when it ends.
     async fn start_upgrade(&mut self, d: &DesiredObject, needs_slot: bool) {
         let owner = SlotOwner {
             kind_short: d.key.kind.short(),
             namespace: d.key.namespace.clone(),
             name: d.key.name.clone(),
         };
-        let slot = if needs_slot {
+        let budget = if needs_slot {
             let members = self.members(d).await;
             let budget = d.max_unavailable.resolve(members);
-            match self.slots.acquire(&owner, budget).await {
-                Ok(Some(slot)) => Some(slot),
-                Ok(None) => {
-                    tracing::debug!(object = %d.key, budget, "all upgrade slots busy");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(object = %d.key, error = %e, "taking an upgrade slot");
-                    return;
-                }
+            if self.slots.free(&owner, budget).is_empty() {
+                tracing::debug!(object = %d.key, budget, "all upgrade slots busy");
+                return;
             }
+            // Before the status catches up with a new template, every member may be waiting.
+            let waiting = d.pending.map_or(members, |n| n.max(1) as usize);
+            Some((budget, waiting))
         } else {
             None
         };
@@ -476,25 +525,43 @@ impl Agent {
         );
         let d = d.clone();
         tokio::spawn(async move {
+            let done = |notify: bool| {
+                running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&d.manifest);
+                if notify {
+                    changed.notify_one();
+                }
+            };
+            let slot = match budget {
+                None => None,
+                Some((budget, waiting)) => {
+                    // Every waiting node sees a released slot at the same moment. A random
+                    // delay spread over the number of waiting nodes lets about one of them
+                    // ask first while the others see the slot taken in their cache, so a
+                    // handover costs a few requests, not one per waiting node.
+                    let spread = (ACQUIRE_SPREAD_PER_NODE * waiting as u32).min(ACQUIRE_SPREAD_MAX);
+                    let delay = random_below(spread.as_micros().max(1) as usize);
+                    tokio::time::sleep(Duration::from_micros(delay as u64)).await;
+                    match slots.acquire(&owner, budget).await {
+                        Ok(Some(slot)) => Some(slot),
+                        // Taken by another node: the Lease watch wakes us for the next one.
+                        Ok(None) => return done(false),
+                        Err(e) => {
+                            tracing::warn!(object = %d.key, error = %e, "taking an upgrade slot");
+                            return done(false);
+                        }
+                    }
+                }
+            };
             let held = slot.as_ref().map(|s| (&*slots, s));
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
-            match upgrader.upgrade(&d, held, superseded).await {
-                Ok(
-                    Outcome::Succeeded { .. } | Outcome::RolledBack { .. } | Outcome::Superseded,
-                ) => {}
-                Err(e) => tracing::error!(object = %d.key, error = %e, "upgrade failed"),
+            if let Err(e) = upgrader.upgrade(&d, held, superseded).await {
+                tracing::error!(object = %d.key, error = %e, "upgrade failed");
             }
-            if let Some(s) = &slot
-                && let Err(e) = slots.release(s).await
-            {
-                tracing::warn!(object = %d.key, error = %e, "releasing upgrade slot (it expires by itself)");
-            }
-            running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&d.manifest);
-            changed.notify_one();
+            done(true);
         });
     }
 
@@ -560,7 +627,7 @@ impl Agent {
             let slot = match (&owner, &entry.slot, &d) {
                 (Some(o), Some(_), Some(d)) => {
                     let budget = d.max_unavailable.resolve(self.members(d).await);
-                    self.slots.acquire(o, budget).await.ok().flatten()
+                    self.slots.reclaim(o, budget).await.ok().flatten()
                 }
                 _ => None,
             };
@@ -573,9 +640,50 @@ impl Agent {
                     tracing::error!(manifest = %entry.manifest, error = %e, "finishing a journaled upgrade")
                 }
             }
-            if let Some(s) = &slot {
-                let _ = self.slots.release(s).await;
-            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_manifests;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+
+    fn event(kind: EventKind, name: &str) -> Event {
+        Event::new(kind).add_path(format!("/etc/kubernetes/manifests/{name}").into())
+    }
+
+    #[test]
+    fn reads_of_manifests_do_not_wake_the_agent() {
+        // Reading a file (our own pass, kubelet) must not trigger another pass.
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert!(!changes_manifests(&event(kind, "nginx.yaml")), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn content_changes_wake_the_agent_except_for_temp_and_swap_files() {
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        assert!(changes_manifests(&event(write, "nginx.yaml")));
+        assert!(changes_manifests(&event(
+            EventKind::Create(CreateKind::File),
+            "nginx.yaml"
+        )));
+        assert!(changes_manifests(&event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "nginx.yaml"
+        )));
+        assert!(changes_manifests(&event(
+            EventKind::Remove(notify::event::RemoveKind::File),
+            "nginx.yaml"
+        )));
+        for name in [".nginx.yaml.tmp", "nginx.yaml~", ".nginx.yaml.swp"] {
+            assert!(!changes_manifests(&event(write, name)), "{name}");
         }
     }
 }

@@ -55,7 +55,7 @@ pub struct DemoOptions {
     /// Where kubeconfigs and node directories go; a fresh temporary directory if None.
     pub dir: Option<PathBuf>,
     pub listen: SocketAddr,
-    /// How long a started pod takes to become Ready.
+    /// How long after its manifest is written an upgraded pod is Ready.
     pub ready_delay: Duration,
     /// The seed's `maxUnavailable`.
     pub max_unavailable: String,
@@ -65,6 +65,8 @@ pub struct DemoOptions {
     pub progress_deadline: Duration,
     /// Keep the cluster (and agents) running after the scenario, for kubectl.
     pub keep_running: bool,
+    /// The agents' `log.level`.
+    pub agent_log_level: String,
 }
 
 const OLD_IMAGE: &str = "nginx:1.19.1";
@@ -125,13 +127,26 @@ async fn start_cluster(options: &DemoOptions) -> Result<DevCluster, DemoError> {
     })?;
     let mut cluster_options = DevClusterOptions::new(&dir, options.nodes);
     cluster_options.listen = options.listen;
-    cluster_options.timings = Timings {
-        ready: options.ready_delay,
-        ..Timings::fast()
-    };
+    cluster_options.timings = demo_timings(options.ready_delay);
     let cluster = DevCluster::start(cluster_options).await?;
     cluster.apply(&bootstrap_objects()?)?;
     Ok(cluster)
+}
+
+/// Kubelet timings where an upgraded pod is Ready `ready_delay` after its manifest is written
+/// (kubelet's replacement of the old pod included), so the rollout's ideal duration is
+/// `ceil(nodes / budget) × ready_delay`.
+fn demo_timings(ready_delay: Duration) -> Timings {
+    let fast = Timings::fast();
+    let replace = fast.replace_renamed.min(ready_delay / 4);
+    let appear = fast.appear.min(ready_delay / 4);
+    Timings {
+        replace_renamed: replace,
+        kill: fast.kill.min(replace),
+        appear,
+        ready: ready_delay.saturating_sub(replace + appear),
+        ..fast
+    }
 }
 
 fn print_access(cluster: &DevCluster) {
@@ -184,12 +199,13 @@ fn write_agent_config(node: &SimNode, options: &DemoOptions) -> Result<PathBuf, 
         .unwrap_or(&node.state_dir)
         .join("agent.yaml");
     let text = format!(
-        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlog:\n  level: warn\n",
+        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlog:\n  level: {:?}\n",
         node.name,
         node.agent_kubeconfig.display(),
         node.manifest_dir.display(),
         node.state_dir.display(),
         crate::config::HumanDuration(options.progress_deadline),
+        options.agent_log_level,
     );
     std::fs::write(&path, text).map_err(|source| DemoError::Io {
         path: path.clone(),

@@ -14,12 +14,12 @@ pub async fn from_kubeconfig(path: &Path) -> Result<kube::Client, String> {
 }
 
 /// A reflector over `api`: a watch (resume from resourceVersion, relist on 410, backoff with
-/// jitter) keeping an in-memory store, waking `changed` on every change. The watch task runs
-/// until the process ends.
+/// jitter) keeping an in-memory store, calling `on_change` after every change. The watch task
+/// runs until the process ends.
 pub fn reflect<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
-    changed: std::sync::Arc<tokio::sync::Notify>,
+    on_change: impl Fn() + Send + 'static,
 ) -> kube::runtime::reflector::Store<K>
 where
     K: kube::Resource
@@ -41,7 +41,7 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => changed.notify_one(),
+                Ok(_) => on_change(),
                 Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
             }
         }

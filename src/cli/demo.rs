@@ -18,7 +18,8 @@ pub struct Args {
     /// The StaticPod's maxUnavailable (a number or a percentage).
     #[arg(long, default_value = "3", value_name = "N|P%")]
     max_unavailable: String,
-    /// How long a started static pod takes to become Ready.
+    /// How long after its manifest is written an upgraded static pod is Ready (kubelet's
+    /// replacement of the old pod included).
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     ready_delay: HumanDuration,
     /// Make the new image never become Ready, to show the rollback.
@@ -36,6 +37,9 @@ pub struct Args {
     /// API server address.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Log level of the agent processes (their logs go to `DIR/nodes/NODE/agent.log`).
+    #[arg(long, default_value = "warn", value_name = "FILTER")]
+    agent_log_level: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -58,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bad_image: args.bad_image,
         progress_deadline: args.progress_deadline.0,
         keep_running: args.keep_running,
+        agent_log_level: args.agent_log_level,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     if args.serve {

@@ -30,7 +30,9 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    crate::kubeclient::reflect(api, kube::runtime::watcher::Config::default(), changed)
+    crate::kubeclient::reflect(api, kube::runtime::watcher::Config::default(), move || {
+        changed.notify_one()
+    })
 }
 
 /// Run the controller until the process ends. `identity` names this replica in the Lease.

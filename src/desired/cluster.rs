@@ -63,9 +63,10 @@ fn desired<K: kube::Resource>(
     let rendered = manifest::render(&object, &key.namespace, &key.name, &spec.template)
         .map_err(|e| refuse(e.to_string()))?;
     let generation = o.meta().generation.unwrap_or_default();
-    let members = status
-        .filter(|s| s.observed_generation == Some(generation) && s.total_number > 0)
-        .map(|s| s.total_number);
+    let current =
+        status.filter(|s| s.observed_generation == Some(generation) && s.total_number > 0);
+    let members = current.map(|s| s.total_number);
+    let pending = current.map(|s| (s.total_number - s.upgraded_number).max(0));
     Ok(DesiredObject {
         key,
         uid,
@@ -77,5 +78,6 @@ fn desired<K: kube::Resource>(
         hash: rendered.hash,
         rendered: rendered.bytes,
         members,
+        pending,
     })
 }

@@ -68,7 +68,24 @@ pub struct DesiredObject {
     #[serde(with = "bytes_as_string")]
     pub rendered: Vec<u8>,
     /// `status.totalNumber` when the status is current (observedGeneration == generation).
+    /// Not cached: it is only meaningful while the status is being watched.
+    #[serde(skip)]
     pub members: Option<i32>,
+    /// Members not yet on the desired hash (`totalNumber - upgradedNumber`) when the status is
+    /// current: how many nodes may be competing for slots. Not cached, as `members`.
+    #[serde(skip)]
+    pub pending: Option<i32>,
+}
+
+impl DesiredObject {
+    /// The object as cached in the state directory (without the status-derived counts).
+    pub fn cacheable(&self) -> DesiredObject {
+        DesiredObject {
+            members: None,
+            pending: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// An object this agent will not act on, and why (reported as an Event and a log line).

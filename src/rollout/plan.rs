@@ -109,6 +109,7 @@ mod tests {
             hash: r.hash,
             rendered: r.bytes,
             members: None,
+            pending: None,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct Slots {
     holder: String,
     lease_duration: Duration,
     observed: Mutex<HashMap<String, Observation>>,
+    /// Leases of held slots as this agent last wrote them.
+    written: Mutex<HashMap<String, Lease>>,
 }
 
 impl Slots {
@@ -102,6 +104,7 @@ impl Slots {
             holder: holder.to_string(),
             lease_duration,
             observed: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,13 +135,13 @@ impl Slots {
             .unwrap_or_default()
     }
 
-    /// Try to take one of `budget` slots of `owner`. `Ok(None)`: all are held by live holders.
-    pub async fn acquire(
+    /// A slot of `owner` this agent already holds (after a restart), taken again so it is
+    /// renewed from now on.
+    pub async fn reclaim(
         &self,
         owner: &SlotOwner,
         budget: usize,
     ) -> Result<Option<Slot>, SlotError> {
-        // A slot we already hold (a restarted agent) is ours again, whatever its index.
         for index in 0..budget {
             let name = owner.lease_name(index);
             if let Some(lease) = self.cached(&name)
@@ -147,26 +150,50 @@ impl Slots {
                 return self.take(owner, index, &lease).await;
             }
         }
-        for index in 0..budget {
-            let name = owner.lease_name(index);
-            let Some(lease) = self.cached(&name) else {
-                match self
-                    .api
-                    .create(&PostParams::default(), &self.new_lease(owner, &name, 0))
-                    .await
-                {
-                    Ok(created) => return Ok(Some(slot(&created, index))),
-                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(e) => return Err(self.api_error("creating", &name)(e)),
-                }
-            };
-            if (Self::holder_of(&lease).is_empty() || self.expired(&lease))
-                && let Some(taken) = self.take(owner, index, &lease).await?
-            {
-                return Ok(Some(taken));
-            }
-        }
         Ok(None)
+    }
+
+    /// The indices of `owner`'s slots that look free in the cache: never created, released,
+    /// or expired.
+    pub fn free(&self, owner: &SlotOwner, budget: usize) -> Vec<usize> {
+        (0..budget)
+            .filter(|&index| match self.cached(&owner.lease_name(index)) {
+                None => true,
+                Some(lease) => Self::holder_of(&lease).is_empty() || self.expired(&lease),
+            })
+            .collect()
+    }
+
+    /// Try to take one of `budget` slots of `owner` (one we already hold, else one free slot
+    /// chosen at random). `Ok(None)`: none free, or another node won the race; the caller tries
+    /// again when the Lease cache changes. One request per attempt at most, and random choice,
+    /// so many nodes waiting for few slots do not all hit the same Lease.
+    pub async fn acquire(
+        &self,
+        owner: &SlotOwner,
+        budget: usize,
+    ) -> Result<Option<Slot>, SlotError> {
+        if let Some(slot) = self.reclaim(owner, budget).await? {
+            return Ok(Some(slot));
+        }
+        let free = self.free(owner, budget);
+        if free.is_empty() {
+            return Ok(None);
+        }
+        let index = free[random_below(free.len())];
+        let name = owner.lease_name(index);
+        match self.cached(&name) {
+            None => match self
+                .api
+                .create(&PostParams::default(), &self.new_lease(owner, &name, 0))
+                .await
+            {
+                Ok(created) => Ok(Some(self.hold(created, index))),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+                Err(e) => Err(self.api_error("creating", &name)(e)),
+            },
+            Some(lease) => self.take(owner, index, &lease).await,
+        }
     }
 
     /// Take over a free, expired or own Lease, guarded by its resourceVersion.
@@ -190,59 +217,102 @@ impl Slots {
         let mut next = self.new_lease(owner, &name, transitions);
         next.metadata.resource_version = lease.metadata.resource_version.clone();
         match self.api.replace(&name, &PostParams::default(), &next).await {
-            Ok(taken) => Ok(Some(slot(&taken, index))),
+            Ok(taken) => Ok(Some(self.hold(taken, index))),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
             Err(e) => Err(self.api_error("taking", &name)(e)),
         }
     }
 
+    /// Remember the Lease as we last wrote it: renewals and the release write over it without
+    /// reading it first.
+    fn hold(&self, lease: Lease, index: usize) -> Slot {
+        let slot = Slot {
+            lease_name: lease.metadata.name.clone().unwrap_or_default(),
+            index,
+        };
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot.lease_name.clone(), lease);
+        slot
+    }
+
+    /// The Lease of a held slot as we last wrote it, else as the server has it now; `None` when
+    /// it is no longer ours.
+    async fn current(&self, held: &Slot, fresh: bool) -> Result<Option<Lease>, SlotError> {
+        let name = &held.lease_name;
+        let known = if fresh {
+            None
+        } else {
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned()
+        };
+        let lease = match known {
+            Some(lease) => Some(lease),
+            None => self
+                .api
+                .get_opt(name)
+                .await
+                .map_err(self.api_error("reading", name))?,
+        };
+        Ok(lease.filter(|l| Self::holder_of(l) == self.holder))
+    }
+
+    /// Write `change` over a held slot's Lease, resourceVersion-guarded: if it changed since we
+    /// wrote it, read it once and try again. `Ok(false)`: it is no longer ours.
+    async fn update_held(
+        &self,
+        held: &Slot,
+        action: &'static str,
+        change: impl Fn(&mut LeaseSpec),
+    ) -> Result<bool, SlotError> {
+        let name = &held.lease_name;
+        for fresh in [false, true] {
+            let Some(mut next) = self.current(held, fresh).await? else {
+                return Ok(false);
+            };
+            if let Some(spec) = next.spec.as_mut() {
+                change(spec);
+            }
+            match self.api.replace(name, &PostParams::default(), &next).await {
+                Ok(written) => {
+                    self.written
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.clone(), written);
+                    return Ok(true);
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
+                Err(e) => return Err(self.api_error(action, name)(e)),
+            }
+        }
+        // Changed again between our read and write: judged again at the next renewal.
+        Ok(true)
+    }
+
     /// Renew a held slot. `Ok(false)`: it was lost (taken over after we failed to renew).
     pub async fn renew(&self, held: &Slot) -> Result<bool, SlotError> {
-        let name = held.lease_name.clone();
-        let current = match self
-            .api
-            .get_opt(&name)
+        self.update_held(held, "renewing", |spec| spec.renew_time = Some(now_micro()))
             .await
-            .map_err(self.api_error("reading", &name))?
-        {
-            Some(lease) if Self::holder_of(&lease) == self.holder => lease,
-            _ => return Ok(false),
-        };
-        let mut next = current;
-        if let Some(spec) = next.spec.as_mut() {
-            spec.renew_time = Some(now_micro());
-        }
-        match self.api.replace(&name, &PostParams::default(), &next).await {
-            Ok(_) => Ok(true),
-            // Written between our read and write: judged again at the next renewal.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(true),
-            Err(e) => Err(self.api_error("renewing", &name)(e)),
-        }
     }
 
     /// Release a held slot: clear the holder (resourceVersion-guarded, so a slot taken over
     /// meanwhile is left alone).
     pub async fn release(&self, held: &Slot) -> Result<(), SlotError> {
-        let name = &held.lease_name;
-        let lease = match self
-            .api
-            .get_opt(name)
-            .await
-            .map_err(self.api_error("reading", name))?
-        {
-            Some(lease) if Self::holder_of(&lease) == self.holder => lease,
-            _ => return Ok(()),
-        };
-        let mut next = lease;
-        if let Some(spec) = next.spec.as_mut() {
+        self.update_held(held, "releasing", |spec| {
             spec.holder_identity = None;
             spec.renew_time = Some(now_micro());
-        }
-        match self.api.replace(name, &PostParams::default(), &next).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(self.api_error("releasing", name)(e)),
-        }
+        })
+        .await?;
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&held.lease_name);
+        Ok(())
     }
 
     /// True when the Lease has not changed for longer than its duration, by our clock.
@@ -299,11 +369,18 @@ impl Slots {
     }
 }
 
-fn slot(lease: &Lease, index: usize) -> Slot {
-    Slot {
-        lease_name: lease.metadata.name.clone().unwrap_or_default(),
-        index,
-    }
+/// A random number below `n` (n > 0), from the standard library's randomly keyed hasher: good
+/// enough to spread nodes over slots and delays, with no generator to seed.
+pub fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
+    );
+    (hasher.finish() % n.max(1) as u64) as usize
 }
 
 fn now_micro() -> MicroTime {

@@ -2,8 +2,8 @@
 //! the mirror pod carries the new hash and is Ready → done; on the deadline, restore the
 //! previous manifest atomically, remember the failed hash, and report.
 //!
-//! The slot (if any) is taken by the caller and released by it afterwards: this type only
-//! keeps it renewed while waiting.
+//! The slot (if any) is taken by the caller; the upgrade renews it while waiting and releases
+//! it when it ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,8 @@ pub enum Outcome {
     },
     RolledBack {
         reason: String,
+        /// The revision put back.
+        restored: String,
     },
     /// A newer template arrived while waiting; the caller starts over with it.
     Superseded,
@@ -51,6 +53,8 @@ pub enum Outcome {
 /// local pod list when the API server is unreachable).
 pub trait MirrorPods: Send + Sync {
     fn mirror(&self, namespace: &str, pod_name: &str) -> Option<MirrorState>;
+    /// A receiver that is marked changed whenever the pods may have changed.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<()>;
 }
 
 /// Hashes rolled back on this node: not retried until the template changes.
@@ -99,8 +103,10 @@ pub struct Upgrader {
 }
 
 impl Upgrader {
-    /// Run an upgrade to `desired`. `superseded` is asked while waiting whether a newer
-    /// template replaced this one.
+    /// Run an upgrade to `desired`, holding `slot` (if any) until it ends: the slot is renewed
+    /// while waiting and released before the outcome is reported, so the next node starts as
+    /// early as possible. `superseded` is asked while waiting whether a newer template replaced
+    /// this one.
     #[tracing::instrument(skip_all, fields(object = %desired.key, node = %self.node, hash = %desired.hash))]
     pub async fn upgrade(
         &self,
@@ -108,12 +114,61 @@ impl Upgrader {
         slot: Option<(&Slots, &Slot)>,
         superseded: impl Fn() -> bool,
     ) -> Result<Outcome, UpgradeError> {
+        let result = match self.write(desired, slot).await {
+            Ok(entry) => {
+                let deadline = Instant::now() + self.progress_deadline;
+                self.wait(desired, &entry, deadline, slot, superseded).await
+            }
+            Err(e) => Err(e),
+        };
+        self.finish(desired, slot, result).await
+    }
+
+    /// Finish an upgrade a previous run of the agent left in the journal, holding `slot` (the
+    /// one it held, if it is still ours) until it ends.
+    pub async fn resume(
+        &self,
+        desired: Option<&DesiredObject>,
+        entry: &Entry,
+        slot: Option<(&Slots, &Slot)>,
+    ) -> Result<Outcome, UpgradeError> {
+        let object = entry.object.clone();
+        let journal = Journal::new(&self.store);
+        let local = self
+            .store
+            .read(&entry.manifest)
+            .map_err(|source| UpgradeError::Store {
+                object: object.clone(),
+                source,
+            })?;
+        let written =
+            local.as_deref().and_then(local_hash).as_deref() == Some(entry.target_hash.as_str());
+        let Some(desired) = desired.filter(|d| d.hash == entry.target_hash && written) else {
+            // Killed before the write, or the template changed since: nothing to finish; the
+            // reconcile loop plans afresh from what is on disk.
+            let result = journal
+                .end(&entry.manifest)
+                .map(|()| Outcome::Superseded)
+                .map_err(|source| UpgradeError::Journal { object, source });
+            release(slot).await;
+            return result;
+        };
+        let elapsed =
+            Duration::from_secs(unix_now().saturating_sub(entry.started_at).max(0) as u64);
+        let deadline = Instant::now() + self.progress_deadline.saturating_sub(elapsed);
+        tracing::info!(object = %object, node = %self.node, "resuming an upgrade left by a previous run");
+        let result = self.wait(desired, entry, deadline, slot, || false).await;
+        self.finish(desired, slot, result).await
+    }
+
+    /// Back up the current manifest, journal the upgrade, write the new manifest.
+    async fn write(
+        &self,
+        desired: &DesiredObject,
+        slot: Option<(&Slots, &Slot)>,
+    ) -> Result<Entry, UpgradeError> {
         let object = desired.key.to_string();
         let store_err = |source| UpgradeError::Store {
-            object: object.clone(),
-            source,
-        };
-        let journal_err = |source| UpgradeError::Journal {
             object: object.clone(),
             source,
         };
@@ -143,9 +198,17 @@ impl Upgrader {
             slot: slot.map(|(_, s)| s.lease_name.clone()),
             started_at: unix_now(),
         };
-        let journal = Journal::new(&self.store);
-        journal.begin(&entry).map_err(journal_err)?;
+        Journal::new(&self.store)
+            .begin(&entry)
+            .map_err(|source| UpgradeError::Journal {
+                object: object.clone(),
+                source,
+            })?;
         tracing::info!(from = %previous_revision, "upgrade started: writing manifest");
+        self.store
+            .write(&desired.manifest, &desired.rendered)
+            .map_err(store_err)?;
+        // After the write: kubelet works on it while the event is posted.
         self.events
             .emit(
                 &desired.key,
@@ -154,54 +217,12 @@ impl Upgrader {
                 &format!("upgrading {previous_revision} → {}", desired.hash),
             )
             .await;
-        self.store
-            .write(&desired.manifest, &desired.rendered)
-            .map_err(store_err)?;
-        self.wait_and_finish(
-            desired,
-            &entry,
-            Instant::now() + self.progress_deadline,
-            slot,
-            superseded,
-        )
-        .await
+        Ok(entry)
     }
 
-    /// Finish an upgrade a previous run of the agent left in the journal.
-    pub async fn resume(
-        &self,
-        desired: Option<&DesiredObject>,
-        entry: &Entry,
-        slot: Option<(&Slots, &Slot)>,
-    ) -> Result<Outcome, UpgradeError> {
-        let object = entry.object.clone();
-        let journal = Journal::new(&self.store);
-        let local = self
-            .store
-            .read(&entry.manifest)
-            .map_err(|source| UpgradeError::Store {
-                object: object.clone(),
-                source,
-            })?;
-        let written =
-            local.as_deref().and_then(local_hash).as_deref() == Some(entry.target_hash.as_str());
-        let Some(desired) = desired.filter(|d| d.hash == entry.target_hash && written) else {
-            // Killed before the write, or the template changed since: nothing to finish; the
-            // reconcile loop plans afresh from what is on disk.
-            journal
-                .end(&entry.manifest)
-                .map_err(|source| UpgradeError::Journal { object, source })?;
-            return Ok(Outcome::Superseded);
-        };
-        let elapsed =
-            Duration::from_secs(unix_now().saturating_sub(entry.started_at).max(0) as u64);
-        let deadline = Instant::now() + self.progress_deadline.saturating_sub(elapsed);
-        tracing::info!(object = %object, node = %self.node, "resuming an upgrade left by a previous run");
-        self.wait_and_finish(desired, entry, deadline, slot, || false)
-            .await
-    }
-
-    async fn wait_and_finish(
+    /// Wait until the mirror pod runs the new hash and is Ready (woken by changes of the pod
+    /// cache, not polling), renewing the slot; roll back on the deadline.
+    async fn wait(
         &self,
         desired: &DesiredObject,
         entry: &Entry,
@@ -210,42 +231,29 @@ impl Upgrader {
         superseded: impl Fn() -> bool,
     ) -> Result<Outcome, UpgradeError> {
         let object = desired.key.to_string();
+        let journal_err = |source| UpgradeError::Journal {
+            object: object.clone(),
+            source,
+        };
         let journal = Journal::new(&self.store);
         let started = Instant::now();
         let mirror_name = format!("{}-{}", desired.key.name, self.node);
         let renew_every = self.lease_duration / 3;
         let mut next_renewal = Instant::now() + renew_every;
+        let mut changes = self.mirrors.subscribe();
         loop {
             let mirror = self.mirrors.mirror(&desired.key.namespace, &mirror_name);
             if mirror
                 .as_ref()
                 .is_some_and(|m| m.ready && m.hash.as_deref() == Some(desired.hash.as_str()))
             {
-                journal
-                    .end(&entry.manifest)
-                    .map_err(|source| UpgradeError::Journal {
-                        object: object.clone(),
-                        source,
-                    })?;
-                let elapsed = started.elapsed();
-                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "upgrade succeeded");
-                self.events
-                    .emit(
-                        &desired.key,
-                        &desired.uid,
-                        Reason::UpgradeSucceeded,
-                        &format!("running {} and Ready", desired.hash),
-                    )
-                    .await;
-                return Ok(Outcome::Succeeded { elapsed });
+                journal.end(&entry.manifest).map_err(journal_err)?;
+                return Ok(Outcome::Succeeded {
+                    elapsed: started.elapsed(),
+                });
             }
             if superseded() {
-                journal
-                    .end(&entry.manifest)
-                    .map_err(|source| UpgradeError::Journal {
-                        object: object.clone(),
-                        source,
-                    })?;
+                journal.end(&entry.manifest).map_err(journal_err)?;
                 tracing::info!("upgrade superseded by a newer template");
                 return Ok(Outcome::Superseded);
             }
@@ -263,7 +271,7 @@ impl Upgrader {
                     "not Ready on {} within {:?} ({state})",
                     desired.hash, self.progress_deadline
                 );
-                return self.roll_back(desired, entry, &reason).await;
+                return self.roll_back(desired, entry, reason);
             }
             if let Some((slots, held)) = slot
                 && now >= next_renewal
@@ -277,16 +285,24 @@ impl Upgrader {
                     Err(e) => tracing::warn!(error = %e, "renewing upgrade slot"),
                 }
             }
-            // The mirror state comes from an in-memory cache: checking it costs no request.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Woken by a change of the mirror pods, else by the next renewal or the deadline
+            // (supersession is checked on the same wake-ups, at most a second late).
+            let wake = deadline
+                .min(next_renewal)
+                .min(Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
         }
     }
 
-    async fn roll_back(
+    /// Restore the previous manifest and remember the failed hash.
+    fn roll_back(
         &self,
         desired: &DesiredObject,
         entry: &Entry,
-        reason: &str,
+        reason: String,
     ) -> Result<Outcome, UpgradeError> {
         let object = desired.key.to_string();
         let store_err = |source| UpgradeError::Store {
@@ -319,19 +335,55 @@ impl Upgrader {
                 object: object.clone(),
                 source,
             })?;
-        let restored = entry.previous_revision.as_deref().unwrap_or("nothing");
-        tracing::warn!(reason, restored, "upgrade rolled back");
-        self.events
-            .emit(
-                &desired.key,
-                &desired.uid,
-                Reason::RolledBack,
-                &format!("{reason}; restored {restored}; {} will not be retried until the template changes", desired.hash),
-            )
-            .await;
-        Ok(Outcome::RolledBack {
-            reason: reason.to_string(),
-        })
+        let restored = entry
+            .previous_revision
+            .clone()
+            .unwrap_or_else(|| "nothing".into());
+        Ok(Outcome::RolledBack { reason, restored })
+    }
+
+    /// Release the slot, then report the outcome (log and Event).
+    async fn finish(
+        &self,
+        desired: &DesiredObject,
+        slot: Option<(&Slots, &Slot)>,
+        result: Result<Outcome, UpgradeError>,
+    ) -> Result<Outcome, UpgradeError> {
+        release(slot).await;
+        match &result {
+            Ok(Outcome::Succeeded { elapsed }) => {
+                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "upgrade succeeded");
+                self.events
+                    .emit(
+                        &desired.key,
+                        &desired.uid,
+                        Reason::UpgradeSucceeded,
+                        &format!("running {} and Ready", desired.hash),
+                    )
+                    .await;
+            }
+            Ok(Outcome::RolledBack { reason, restored }) => {
+                tracing::warn!(reason, restored, "upgrade rolled back");
+                self.events
+                    .emit(
+                        &desired.key,
+                        &desired.uid,
+                        Reason::RolledBack,
+                        &format!("{reason}; restored {restored}; {} will not be retried until the template changes", desired.hash),
+                    )
+                    .await;
+            }
+            Ok(Outcome::Superseded) | Err(_) => {}
+        }
+        result
+    }
+}
+
+async fn release(slot: Option<(&Slots, &Slot)>) {
+    if let Some((slots, held)) = slot
+        && let Err(e) = slots.release(held).await
+    {
+        tracing::warn!(slot = %held.lease_name, error = %e, "releasing upgrade slot (it expires by itself)");
     }
 }
 

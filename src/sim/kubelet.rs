@@ -91,6 +91,9 @@ struct LocalPod {
     killed: bool,
     /// The mirror pod was seen missing (deleted through the API): recreate at this time.
     recreate_at: Option<Instant>,
+    /// The status last written and the mirror pod's resourceVersion after that write: while
+    /// both are unchanged there is nothing to write.
+    reported: Option<(String, Value)>,
 }
 
 /// What happens to a running pod whose file changed or went away.
@@ -116,7 +119,13 @@ struct State {
     transitions: BTreeMap<(String, String), Transition>,
     /// Parsed files by name, re-read only when their stamp changes.
     files: BTreeMap<String, (FileStamp, Option<ParsedManifest>)>,
+    /// When to look next for mirror pods with no local pod (a list over all pods: too costly
+    /// for every tick of hundreds of kubelets).
+    next_sweep: Option<Instant>,
 }
+
+/// How often a kubelet looks for orphaned mirror pods when nothing asks for it sooner.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct ParsedManifest {
@@ -223,6 +232,8 @@ impl Kubelet {
     /// reporting; as the node lifecycle controller does, its Node and its pods turn not Ready.
     pub fn set_reporting(&self, on: bool) {
         self.reporting.store(on, Ordering::SeqCst);
+        // Back from NotReady: mirror pods of files removed meanwhile go at the next tick.
+        lock(&self.state).next_sweep = None;
         set_node_ready(&self.store, &self.node, on);
         if !on {
             let pods: Vec<_> = lock(&self.state).pods.values().cloned().collect();
@@ -451,6 +462,7 @@ impl Sync {
             ready_at: appear_at + self.timings.ready,
             killed: false,
             recreate_at: None,
+            reported: None,
         }
     }
 
@@ -504,7 +516,7 @@ impl Sync {
                     == Some(pod.config_hash.as_str())
             });
             if !ours {
-                if let Some(stale) = current {
+                if current.is_some() {
                     // A mirror pod of an older version (the node was not reporting during the
                     // replacement): replace it now.
                     let _ = self.store.delete(
@@ -513,7 +525,6 @@ impl Sync {
                         &pod.mirror_name,
                         None,
                     );
-                    drop(stale);
                 } else if pod.recreate_at.is_none() && pod.appear_at + self.timings.poll < now {
                     // Deleted through the API: kubelet recreates it on its next sync.
                     pod.recreate_at = Some(now + self.timings.recreate);
@@ -530,6 +541,17 @@ impl Sync {
                 }
             }
             let status = pod_status(pod, now, &broken);
+            let current_rv = current
+                .as_deref()
+                .filter(|_| ours)
+                .and_then(|m| m.pointer("/metadata/resourceVersion"))
+                .and_then(Value::as_str);
+            if let (Some(rv), Some((reported_rv, reported))) = (current_rv, &pod.reported)
+                && rv == reported_rv
+                && *reported == status
+            {
+                continue;
+            }
             let result = self.store.modify(
                 &pods_key(),
                 Some(&pod.namespace),
@@ -539,12 +561,25 @@ impl Sync {
                     apply_status(obj, &status);
                 },
             );
-            if let Err(e) = result {
-                tracing::debug!(node = %self.node, pod = %pod.mirror_name, error = %e, "updating mirror pod status");
+            match result {
+                Ok(written) => {
+                    let rv = written
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    pod.reported = Some((rv.to_string(), status));
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.node, pod = %pod.mirror_name, error = %e, "updating mirror pod status")
+                }
             }
         }
         // Mirror pods of this node with no local pod (the node was not reporting when the file
         // went away) are deleted.
+        if state.next_sweep.is_some_and(|at| at > now) {
+            return;
+        }
+        state.next_sweep = Some(now + SWEEP_EVERY);
         if let Ok((mirrors, _)) =
             self.store
                 .list(&pods_key(), None, &node_mirror_selector(&self.node))
