@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -45,6 +45,7 @@ pub enum AgentError {
 /// Mirror pods of this node, from the pod reflector.
 struct ReflectedPods {
     pods: Store<Pod>,
+    node: Store<Node>,
     changed: Arc<tokio::sync::watch::Sender<()>>,
 }
 
@@ -60,6 +61,20 @@ impl MirrorPods for ReflectedPods {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
         self.changed.subscribe()
     }
+
+    fn node_ready(&self) -> bool {
+        // Unknown (not listed yet, or not readable) counts as Ready: the deadline then runs as
+        // without this check.
+        self.node.state().first().is_none_or(|n| node_is_ready(n))
+    }
+}
+
+fn node_is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_none_or(|c| c.status == "True")
 }
 
 /// The caches the agent reads, and a signal when any of them changes.
@@ -68,6 +83,8 @@ struct Caches {
     yurt_static_sets: Store<YurtStaticSet>,
     pods: Store<Pod>,
     leases: Store<Lease>,
+    /// This node's Node object (a list of at most one).
+    node: Store<Node>,
     changed: Arc<Notify>,
     /// Marked on every change of this node's pods, for upgrades waiting on their mirror pod.
     pods_changed: Arc<tokio::sync::watch::Sender<()>>,
@@ -112,6 +129,17 @@ fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Cache
             Api::<Lease>::namespaced(client.clone(), &config.agent_namespace),
             watcher::Config::default(),
             wake(&changed),
+        ),
+        node: reflect(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={node}")),
+            {
+                let (changed, pods_changed) = (changed.clone(), pods_changed.clone());
+                move || {
+                    changed.notify_one();
+                    pods_changed.send_replace(());
+                }
+            },
         ),
         changed,
         pods_changed,
@@ -162,6 +190,29 @@ fn changes_manifests(event: &notify::Event) -> bool {
                     !n.starts_with('.') && !n.ends_with('~') && !n.ends_with(".swp")
                 })
             }))
+}
+
+/// Something not converged after a pass.
+struct Pending {
+    what: String,
+    /// Waiting will not change it (only the operator or a new template can).
+    settled: bool,
+}
+
+impl Pending {
+    fn moving(what: String) -> Pending {
+        Pending {
+            what,
+            settled: false,
+        }
+    }
+
+    fn settled(what: String) -> Pending {
+        Pending {
+            what,
+            settled: true,
+        }
+    }
 }
 
 /// The random delay before asking for a free slot grows by this much per waiting node...
@@ -224,6 +275,7 @@ impl Agent {
             store: store.clone(),
             mirrors: Arc::new(ReflectedPods {
                 pods: caches.pods.clone(),
+                node: caches.node.clone(),
                 changed: caches.pods_changed.clone(),
             }),
             events: events.clone(),
@@ -294,19 +346,22 @@ impl Agent {
         self.resume_journal().await;
         loop {
             let pending = self.reconcile().await;
-            if pending.is_empty()
-                && self
-                    .running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty()
-            {
+            let upgrading = !self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            if pending.is_empty() && !upgrading {
                 return Ok(format!("node {} converged", self.node));
             }
-            if Instant::now() > deadline {
+            // A held-back hash, a kept hand edit or an OTA upgrade waiting for its operator
+            // will not change by waiting: say so now rather than at the timeout.
+            let settled = !upgrading && pending.iter().all(|p| p.settled);
+            if settled || Instant::now() > deadline {
+                let reasons: Vec<&str> = pending.iter().map(|p| p.what.as_str()).collect();
                 return Err(AgentError::NotConverged(format!(
                     "not converged: {}",
-                    pending.join("; ")
+                    reasons.join("; ")
                 )));
             }
             tokio::select! {
@@ -377,7 +432,7 @@ impl Agent {
     }
 
     /// One pass. Returns what is not converged yet (for `sync --once`).
-    async fn reconcile(&mut self) -> Vec<String> {
+    async fn reconcile(&mut self) -> Vec<Pending> {
         let (desired, refusals) = self.desired();
         for r in refusals {
             if self
@@ -401,13 +456,13 @@ impl Agent {
             self.last_cached = cacheable;
         }
         let failed = self.upgrader.failed.snapshot();
-        let mut pending = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         for d in desired.values() {
             {
                 let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(r) = running.get(&d.manifest) {
                     *r.latest.lock().unwrap_or_else(|e| e.into_inner()) = d.hash.clone();
-                    pending.push(format!("{} upgrading", d.key));
+                    pending.push(Pending::moving(format!("{} upgrading", d.key)));
                     continue;
                 }
             }
@@ -440,16 +495,31 @@ impl Agent {
                     self.members.insert(d.manifest.clone());
                     self.drifted(d, local.as_deref().unwrap_or_default()).await;
                     if self.config.drift.mode == DriftMode::Report {
-                        pending.push(format!("{}: manifest edited on the node", d.key));
+                        pending.push(Pending::settled(format!(
+                            "{}: manifest edited on the node (drift.mode: report)",
+                            d.key
+                        )));
                     }
                 }
-                Plan::HeldBack { hash } => {
-                    pending.push(format!("{}: {hash} was rolled back here", d.key))
+                Plan::HeldBack { hash } => pending.push(Pending::settled(format!(
+                    "{}: {hash} was rolled back here and is not retried until the template changes",
+                    d.key
+                ))),
+                Plan::UpgradeAvailable => pending.push(Pending::settled(format!(
+                    "{}: OTA upgrade available, waiting for the node's operator",
+                    d.key
+                ))),
+                Plan::Upgrade { .. } if !self.upgrader.mirrors.node_ready() => {
+                    // Nothing could be seen to succeed; the upgrade starts when the node is back.
+                    self.members.insert(d.manifest.clone());
+                    pending.push(Pending::moving(format!(
+                        "{} behind; waiting for the node to be Ready",
+                        d.key
+                    )));
                 }
-                Plan::UpgradeAvailable => pending.push(format!("{}: OTA upgrade available", d.key)),
                 Plan::Upgrade { needs_slot } => {
                     self.members.insert(d.manifest.clone());
-                    pending.push(format!("{} behind", d.key));
+                    pending.push(Pending::moving(format!("{} behind", d.key)));
                     self.start_upgrade(d, needs_slot).await;
                 }
             }

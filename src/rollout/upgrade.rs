@@ -53,8 +53,11 @@ pub enum Outcome {
 /// local pod list when the API server is unreachable).
 pub trait MirrorPods: Send + Sync {
     fn mirror(&self, namespace: &str, pod_name: &str) -> Option<MirrorState>;
-    /// A receiver that is marked changed whenever the pods may have changed.
+    /// A receiver that is marked changed whenever the pods (or the node) may have changed.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<()>;
+    /// False while this node is known to be NotReady: its kubelet is not reporting, so no
+    /// upgrade can be seen to succeed, and the progress deadline does not run.
+    fn node_ready(&self) -> bool;
 }
 
 /// Hashes rolled back on this node: not retried until the template changes.
@@ -241,7 +244,24 @@ impl Upgrader {
         let renew_every = self.lease_duration / 3;
         let mut next_renewal = Instant::now() + renew_every;
         let mut changes = self.mirrors.subscribe();
+        let mut deadline = deadline;
+        let mut checked = Instant::now();
+        let mut paused = false;
         loop {
+            // Time spent with the node NotReady does not count against the deadline.
+            let now = Instant::now();
+            if !self.mirrors.node_ready() {
+                deadline += now - checked;
+                if !paused {
+                    tracing::warn!(
+                        "node NotReady: the progress deadline is paused until it is back"
+                    );
+                }
+                paused = true;
+            } else {
+                paused = false;
+            }
+            checked = now;
             let mirror = self.mirrors.mirror(&desired.key.namespace, &mirror_name);
             if mirror
                 .as_ref()
@@ -379,13 +399,27 @@ impl Upgrader {
     }
 }
 
+/// Release the slot, retrying a failed request a few times: a slot left held idles the budget
+/// until it expires.
 async fn release(slot: Option<(&Slots, &Slot)>) {
-    if let Some((slots, held)) = slot
-        && let Err(e) = slots.release(held).await
-    {
-        tracing::warn!(slot = %held.lease_name, error = %e, "releasing upgrade slot (it expires by itself)");
+    let Some((slots, held)) = slot else { return };
+    let mut pause = Duration::from_millis(100);
+    for attempt in 1..=RELEASE_ATTEMPTS {
+        match slots.release(held).await {
+            Ok(()) => return,
+            Err(e) if attempt == RELEASE_ATTEMPTS => {
+                tracing::warn!(slot = %held.lease_name, error = %e, "releasing upgrade slot failed; it expires by itself")
+            }
+            Err(e) => {
+                tracing::debug!(slot = %held.lease_name, error = %e, attempt, "releasing upgrade slot; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
     }
 }
+
+const RELEASE_ATTEMPTS: u32 = 5;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

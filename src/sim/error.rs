@@ -183,10 +183,16 @@ impl ApiError {
     }
 
     /// An injected fault: a transient server error a client must retry.
-    pub fn injected(verb: &str) -> Self {
+    /// An injected fault: 503 ServiceUnavailable, or 500 InternalError.
+    pub fn injected(verb: &str, code: u16) -> Self {
+        let (code, reason) = if code == 500 {
+            (500, "InternalError")
+        } else {
+            (503, "ServiceUnavailable")
+        };
         Self::new(
-            503,
-            "ServiceUnavailable",
+            code,
+            reason,
             format!("injected fault: {verb} failed (the dev cluster's fault injection)"),
             json!({}),
         )

@@ -66,6 +66,8 @@ fn static_pod(name: &str, manifest: &str, max_unavailable: Value, spec: Value) -
 struct Settings {
     progress_deadline: Duration,
     lease_duration: Duration,
+    /// `drift.mode`: `restore` or `report`.
+    drift: &'static str,
 }
 
 impl Settings {
@@ -74,6 +76,7 @@ impl Settings {
         Settings {
             progress_deadline: Duration::from_secs(20),
             lease_duration: Duration::from_secs(3),
+            drift: "restore",
         }
     }
 
@@ -288,13 +291,14 @@ impl Env {
             .unwrap_or_else(|| panic!("no node {node}"));
         let path = self.dir.path().join(format!("{node}.{tag}.yaml"));
         let text = format!(
-            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\nlog:\n  level: info\n",
+            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\ndrift:\n  mode: {}\nlog:\n  level: info\n",
             n.name,
             n.agent_kubeconfig.display(),
             n.manifest_dir.display(),
             n.state_dir.display(),
             HumanDuration(settings.progress_deadline),
             HumanDuration(settings.lease_duration),
+            settings.drift,
         );
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         path
@@ -484,9 +488,14 @@ impl Env {
 
     /// Wait until every slot Lease of `name` has no holder (and at least one exists).
     async fn wait_slots_released(&self, name: &str) {
+        self.wait_slots_released_within(name, Duration::from_secs(10))
+            .await
+    }
+
+    async fn wait_slots_released_within(&self, name: &str, timeout: Duration) {
         self.wait(
             &format!("every slot Lease of {name} released (holderIdentity empty)"),
-            Duration::from_secs(10),
+            timeout,
             async || {
                 let leases = self.slot_leases(name).await?;
                 let holders: Vec<(Option<String>, Option<String>)> = leases
@@ -758,6 +767,76 @@ async fn seed_scenario_adopts_hand_placed_files_without_writing_then_upgrades_ev
 /// Roll out on 10 nodes with slow readiness while sampling files and mirror pods; at no sample
 /// may more than `budget` members be upgrading (file carries the new hash, mirror pod not yet
 /// Ready with it).
+/// Samples, while a rollout runs, how many members are upgrading at once: the manifest file
+/// holds the new hash but the mirror pod is not yet Ready on it.
+struct BudgetWatch {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<(usize, usize, String)>,
+}
+
+impl BudgetWatch {
+    fn start(env: &Env, name: &str, new_hash: &str) -> BudgetWatch {
+        let store = env.cluster.store().clone();
+        let files: Vec<(String, PathBuf)> = env
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let f = env.manifest(&n, name);
+                (n, f)
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (name, new_hash) = (name.to_string(), new_hash.to_string());
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (mut max, mut samples, mut worst) = (0usize, 0usize, String::new());
+                while !stop.load(Ordering::SeqCst) {
+                    // Files first, then pods: a pod only moves towards Ready-with-the-new-hash,
+                    // and a slot is freed only after that, so this order never overcounts.
+                    let written: Vec<&String> = files
+                        .iter()
+                        .filter(|(_, f)| file_hash(f).as_deref() == Some(new_hash.as_str()))
+                        .map(|(n, _)| n)
+                        .collect();
+                    let upgrading: Vec<(&String, Option<Mirror>)> = written
+                        .into_iter()
+                        .map(|n| (n, mirror(&store, &name, n)))
+                        .filter(|(_, m)| {
+                            !m.as_ref()
+                                .is_some_and(|m| m.ready && m.hash.as_deref() == Some(&new_hash))
+                        })
+                        .collect();
+                    samples += 1;
+                    if upgrading.len() > max {
+                        max = upgrading.len();
+                        worst = format!("{upgrading:?}");
+                    }
+                    tokio::time::sleep(SAMPLE).await;
+                }
+                (max, samples, worst)
+            }
+        });
+        BudgetWatch { stop, task }
+    }
+
+    /// Stop sampling; assert at most `budget` were ever upgrading at once, and that the
+    /// rollout was seen at all.
+    async fn assert_within(self, budget: usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (max, samples, worst) = self.task.await.expect("the budget watcher");
+        println!("at most {max} upgrading over {samples} samples (budget {budget})");
+        assert!(
+            max <= budget,
+            "{budget} members may upgrade at once; saw {max}: {worst}"
+        );
+        assert!(
+            max >= 1 && samples >= 10,
+            "the watcher should have seen the rollout: max {max} upgrading over {samples} samples"
+        );
+    }
+}
+
 async fn rollout_respects_budget(max_unavailable: Value, budget: usize) {
     let timings = Timings {
         ready: Duration::from_millis(800),
@@ -779,59 +858,10 @@ async fn rollout_respects_budget(max_unavailable: Value, budget: usize) {
         .await;
 
     let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn({
-        let store = env.cluster.store().clone();
-        let files: Vec<(String, PathBuf)> = env
-            .nodes()
-            .into_iter()
-            .map(|n| {
-                let f = env.manifest(&n, "nginx");
-                (n, f)
-            })
-            .collect();
-        let (stop, new_hash) = (stop.clone(), new_hash.clone());
-        async move {
-            let (mut max, mut samples, mut worst) = (0usize, 0usize, String::new());
-            while !stop.load(Ordering::SeqCst) {
-                // Files first, then pods: a pod only moves towards Ready-with-the-new-hash, and
-                // a slot is freed only after that, so this order never overcounts.
-                let written: Vec<&String> = files
-                    .iter()
-                    .filter(|(_, f)| file_hash(f).as_deref() == Some(new_hash.as_str()))
-                    .map(|(n, _)| n)
-                    .collect();
-                let upgrading: Vec<(&String, Option<Mirror>)> = written
-                    .into_iter()
-                    .map(|n| (n, mirror(&store, "nginx", n)))
-                    .filter(|(_, m)| {
-                        !m.as_ref()
-                            .is_some_and(|m| m.ready && m.hash.as_deref() == Some(&new_hash))
-                    })
-                    .collect();
-                samples += 1;
-                if upgrading.len() > max {
-                    max = upgrading.len();
-                    worst = format!("{upgrading:?}");
-                }
-                tokio::time::sleep(SAMPLE).await;
-            }
-            (max, samples, worst)
-        }
-    });
+    let budget_watch = BudgetWatch::start(&env, "nginx", &new_hash);
     env.wait_status("nginx", generation, (10, 10, 10), Duration::from_secs(60))
         .await;
-    stop.store(true, Ordering::SeqCst);
-    let (max, samples, worst) = watcher.await.expect("the budget watcher");
-    println!("maxUnavailable {max_unavailable}: at most {max} upgrading over {samples} samples");
-    assert!(
-        max <= budget,
-        "maxUnavailable {max_unavailable} allows {budget} members upgrading at once; saw {max}: {worst}"
-    );
-    assert!(
-        max >= 1 && samples >= 10,
-        "the watcher should have seen the rollout: max {max} upgrading over {samples} samples"
-    );
+    budget_watch.assert_within(budget).await;
     for node in env.nodes() {
         assert_eq!(
             file_hash(&env.manifest(&node, "nginx")).as_deref(),
@@ -1218,13 +1248,21 @@ async fn sync_once_exits_zero_when_converged_and_non_zero_with_the_reason_when_r
 
     env.cluster.set_broken_image(FIXED_IMAGE, true);
     let (_, bad_hash) = env.set_image("nginx", FIXED_IMAGE).await;
+    // A rolled-back hash will not change by waiting: sync --once says so at once instead of
+    // waiting out its --timeout.
+    let started = Instant::now();
     let out = env
         .sync_once(
             &node,
             Settings::deadline(Duration::from_millis(1500)),
-            &["--timeout", "4s"],
+            &["--timeout", "120s"],
         )
         .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "sync --once waited {:?} on a held-back hash",
+        started.elapsed()
+    );
     assert!(
         !out.status.success()
             && out
@@ -1256,7 +1294,7 @@ async fn kill_after_write(broken: bool) -> (Env, String, String, DirWatch) {
         } else {
             Duration::from_secs(20)
         },
-        lease_duration: Duration::from_secs(3),
+        ..Settings::patient()
     };
     let mut env = Env::start(1, timings).await;
     let node = env.nodes()[0].clone();
@@ -1428,7 +1466,10 @@ async fn a_not_ready_node_is_skipped_by_the_others_and_upgraded_when_it_comes_ba
         .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
         .await;
     env.start_controller();
-    env.start_agents(Settings::patient());
+    // The node stays down longer than the progress deadline: that must not count as a failed
+    // upgrade (no rollback, no held-back hash).
+    let progress_deadline = Duration::from_secs(5);
+    env.start_agents(Settings::deadline(progress_deadline));
     env.wait_status("nginx", generation, (3, 3, 0), Duration::from_secs(20))
         .await;
 
@@ -1460,6 +1501,8 @@ async fn a_not_ready_node_is_skipped_by_the_others_and_upgraded_when_it_comes_ba
         },
     )
     .await;
+    // The scenario itself: the node stays NotReady for longer than the deadline.
+    tokio::time::sleep(progress_deadline + Duration::from_secs(2)).await;
     let still_down = mirror(env.store(), "nginx", &down);
     assert!(
         still_down.as_ref().is_some_and(|m| !m.ready),
@@ -1478,4 +1521,267 @@ async fn a_not_ready_node_is_skipped_by_the_others_and_upgraded_when_it_comes_ba
         Some(new_hash.as_str()),
         "{down}: expected the new revision once back"
     );
+    let rolled_back = env.events("RolledBack").await.expect("listing events");
+    assert!(
+        rolled_back.is_empty(),
+        "time NotReady is not a failed upgrade; got {rolled_back:?}"
+    );
+}
+
+// --- 7. Drift ------------------------------------------------------------------------------
+
+/// Two nodes on the new revision; the first agent restores hand edits, the second reports them.
+async fn upgraded_pair() -> (Env, String, String, String) {
+    let mut env = Env::start(2, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(static_pod("nginx", "nginx", json!(2), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    let nodes = env.nodes();
+    let (restoring, reporting) = (nodes[0].clone(), nodes[1].clone());
+    env.start_agent(&restoring, Settings::patient());
+    env.start_agent(
+        &reporting,
+        Settings {
+            drift: "report",
+            ..Settings::patient()
+        },
+    );
+    let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    env.wait_status("nginx", generation, (2, 2, 2), Duration::from_secs(30))
+        .await;
+    (env, restoring, reporting, new_hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_is_restored_and_editor_temp_files_change_nothing() {
+    let (env, node, _, new_hash) = upgraded_pair().await;
+    let file = env.manifest(&node, "nginx");
+    let desired = std::fs::read(&file).expect("reading the managed manifest");
+
+    // Editors' swap and backup files beside it: no write, no event.
+    let before = stamp(&file);
+    let dir = env.manifest_dir(&node);
+    std::fs::write(dir.join(".nginx.yaml.swp"), b"swap").expect("writing a swap file");
+    std::fs::write(dir.join("nginx.yaml~"), &desired).expect("writing a backup file");
+    env.holds(
+        "the managed manifest untouched while editor files come and go",
+        Duration::from_secs(2),
+        async || match stamp(&file) {
+            s if s == before => Ok(()),
+            s => Err(format!("{s:?} (was {before:?})")),
+        },
+    )
+    .await;
+
+    // A hand edit in place (as `vi` with backupcopy=yes does): put back.
+    let edited = String::from_utf8_lossy(&desired).replace(NEW_IMAGE, "nginx:hand-edited");
+    std::fs::write(&file, edited).expect("editing the manifest by hand");
+    env.wait(
+        "the hand edit undone",
+        Duration::from_secs(10),
+        async || match std::fs::read(&file) {
+            Ok(b) if b == desired => Ok(()),
+            other => Err(format!(
+                "{:?}",
+                other.map(|b| String::from_utf8_lossy(&b).into_owned())
+            )),
+        },
+    )
+    .await;
+    assert_eq!(file_hash(&file).as_deref(), Some(new_hash.as_str()));
+    let restored = env
+        .wait(
+            "a DriftRestored event",
+            Duration::from_secs(10),
+            async || {
+                let events = env.events("DriftRestored").await?;
+                if events.is_empty() {
+                    Err("none yet".to_string())
+                } else {
+                    Ok(events)
+                }
+            },
+        )
+        .await;
+    let message = restored[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&node) && message.contains("edited on the node"),
+        "the event names the node and what happened: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_drift_mode_report_a_hand_edit_is_left_and_reported() {
+    let (env, _, node, _) = upgraded_pair().await;
+    let file = env.manifest(&node, "nginx");
+    let desired = std::fs::read_to_string(&file).expect("reading the managed manifest");
+    let edited = desired.replace(NEW_IMAGE, "nginx:hand-edited");
+    std::fs::write(&file, &edited).expect("editing the manifest by hand");
+    let detected = env
+        .wait(
+            "a DriftDetected event",
+            Duration::from_secs(10),
+            async || {
+                let events = env.events("DriftDetected").await?;
+                if events.is_empty() {
+                    Err("none yet".to_string())
+                } else {
+                    Ok(events)
+                }
+            },
+        )
+        .await;
+    let message = detected[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&node) && message.contains("left as is"),
+        "the event names the node and says the edit was kept: {message}"
+    );
+    env.holds(
+        "the hand edit kept (drift.mode: report)",
+        Duration::from_secs(2),
+        async || match std::fs::read_to_string(&file) {
+            Ok(t) if t == edited => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+}
+
+// --- Supersede -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_template_supersedes_an_upgrade_waiting_for_ready() {
+    const BROKEN: &str = "nginx:never-ready";
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.cluster.set_broken_image(BROKEN, true);
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    // The deadline is far away: only supersession can end the first upgrade in time.
+    env.start_agents(Settings::deadline(Duration::from_secs(120)));
+    let node = env.nodes()[0].clone();
+    let file = env.manifest(&node, "nginx");
+
+    let (_, broken_hash) = env.set_image("nginx", BROKEN).await;
+    env.wait(
+        "the never-Ready revision written",
+        Duration::from_secs(10),
+        async || match file_hash(&file) {
+            Some(h) if h == broken_hash => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+
+    let (generation, fixed_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    env.wait_status("nginx", generation, (1, 1, 1), Duration::from_secs(20))
+        .await;
+    assert_eq!(file_hash(&file).as_deref(), Some(fixed_hash.as_str()));
+    let rolled_back = env.events("RolledBack").await.expect("listing events");
+    assert!(
+        rolled_back.is_empty(),
+        "a superseded upgrade is not a rollback: {rolled_back:?}"
+    );
+    env.wait_slots_released("nginx").await;
+}
+
+// --- 8. API faults -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_api_errors_dropped_watches_and_a_partition_every_node_converges_within_budget() {
+    const NODES: usize = 6;
+    const PARTITION: Duration = Duration::from_secs(30);
+    let timings = Timings {
+        ready: Duration::from_millis(600),
+        ..Timings::fast()
+    };
+    let mut env = Env::start(NODES, timings).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, _) = env
+        .create(static_pod("nginx", "nginx", json!(2), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    env.wait_status("nginx", generation, (6, 6, 0), Duration::from_secs(30))
+        .await;
+
+    let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    let budget_watch = BudgetWatch::start(&env, "nginx", &new_hash);
+    let faults = env.cluster.api().faults().clone();
+    // 500s: kube's client would retry 503s itself and hide them from the agent.
+    faults.set_internal_errors(true);
+    for verb in staticpod_puller::sim::apiserver::Verb::ALL {
+        faults.set_error_rate(verb, 0.1);
+    }
+    let cut_off = env.nodes()[NODES - 1].clone();
+    let cut_off_user = staticpod_puller::sim::cluster::agent_user(&cut_off);
+    faults.partition(&cut_off_user);
+    let partitioned_at = Instant::now();
+    // Every watch dropped every few seconds, for the whole rollout.
+    let dropper = tokio::spawn({
+        let faults = faults.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                faults.close_watches();
+            }
+        }
+    });
+
+    let others: Vec<String> = env.nodes()[..NODES - 1].to_vec();
+    let converged = |nodes: &[String]| -> Result<(), String> {
+        let behind: Vec<(String, Option<String>, Option<Mirror>)> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    file_hash(&env.manifest(n, "nginx")),
+                    mirror(env.store(), "nginx", n),
+                )
+            })
+            .filter(|(_, f, m)| {
+                f.as_deref() != Some(new_hash.as_str())
+                    || !m
+                        .as_ref()
+                        .is_some_and(|m| m.ready && m.hash.as_deref() == Some(&new_hash))
+            })
+            .collect();
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("behind: {behind:?}"))
+        }
+    };
+    env.wait(
+        "the connected nodes upgraded despite errors and dropped watches",
+        Duration::from_secs(90),
+        async || converged(&others),
+    )
+    .await;
+    assert_ne!(
+        file_hash(&env.manifest(&cut_off, "nginx")).as_deref(),
+        Some(new_hash.as_str()),
+        "{cut_off} cannot have seen the new template while cut off"
+    );
+    // The scenario itself: the partition lasts its full length.
+    tokio::time::sleep(PARTITION.saturating_sub(partitioned_at.elapsed())).await;
+    faults.heal(&cut_off_user);
+    env.wait(
+        "every node upgraded once the partition healed",
+        Duration::from_secs(90),
+        async || converged(&env.nodes()),
+    )
+    .await;
+    dropper.abort();
+    faults.clear();
+    budget_watch.assert_within(2).await;
+    env.wait_status("nginx", generation, (6, 6, 6), Duration::from_secs(30))
+        .await;
+    // After a partition, the cut-off agent's watches reconnect with backoff (up to 30 s, so
+    // that a thousand nodes coming back do not reconnect in step): it sees its pod Ready, and
+    // releases its slot, within that.
+    env.wait_slots_released_within("nginx", Duration::from_secs(60))
+        .await;
 }

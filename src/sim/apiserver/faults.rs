@@ -58,6 +58,9 @@ struct FaultState {
     error_rates: BTreeMap<Verb, f64>,
     latency: Duration,
     partitioned: BTreeSet<String>,
+    /// Injected errors are 500 InternalError (which clients do not retry by themselves)
+    /// instead of 503 ServiceUnavailable (which kube's client retries with backoff).
+    internal_errors: bool,
 }
 
 /// The faults the API server injects. Shared (`Arc<Faults>`) and changeable while it runs.
@@ -80,6 +83,9 @@ pub struct FaultsRequest {
     pub error_rate: Option<BTreeMap<String, f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// Injected errors as 500 InternalError (true) or 503 ServiceUnavailable (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_errors: Option<bool>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub close_watches: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -137,6 +143,21 @@ impl Faults {
             state.error_rates.remove(&verb);
         } else {
             state.error_rates.insert(verb, rate);
+        }
+    }
+
+    /// Make injected errors 500 InternalError (true) or 503 ServiceUnavailable (false, the
+    /// default). kube's client retries 503s itself, so 500s are what reach the caller's code.
+    pub fn set_internal_errors(&self, on: bool) {
+        self.lock().internal_errors = on;
+    }
+
+    /// The status code of injected errors.
+    pub fn error_code(&self) -> u16 {
+        if self.lock().internal_errors {
+            500
+        } else {
+            503
         }
     }
 
@@ -215,6 +236,9 @@ impl Faults {
         }
         if let Some(ms) = req.latency_ms {
             self.set_latency(Duration::from_millis(ms));
+        }
+        if let Some(on) = req.internal_errors {
+            self.set_internal_errors(on);
         }
         for user in &req.heal {
             self.heal(user);

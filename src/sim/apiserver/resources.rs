@@ -129,7 +129,10 @@ async fn serve(
         }
     };
     if shared.faults.should_fail(action.fault_verb()) {
-        return Err(ApiError::injected(action.verb()));
+        return Err(ApiError::injected(
+            action.verb(),
+            shared.faults.error_code(),
+        ));
     }
     if q("dryRun").is_some() {
         return Err(dry_run_unsupported());
