@@ -567,13 +567,14 @@ impl Agent {
         let budget = if needs_slot {
             let members = self.members(d).await;
             let budget = d.max_unavailable.resolve(members);
-            if self.slots.free(&owner, budget).is_empty() {
+            let free = self.slots.free(&owner, budget).len();
+            if free == 0 {
                 tracing::debug!(object = %d.key, budget, "all upgrade slots busy");
                 return;
             }
             // Before the status catches up with a new template, every member may be waiting.
             let waiting = d.pending.map_or(members, |n| n.max(1) as usize);
-            Some((budget, waiting))
+            Some((budget, waiting.div_ceil(free)))
         } else {
             None
         };
@@ -608,9 +609,9 @@ impl Agent {
                 None => None,
                 Some((budget, waiting)) => {
                     // Every waiting node sees a released slot at the same moment. A random
-                    // delay spread over the number of waiting nodes lets about one of them
-                    // ask first while the others see the slot taken in their cache, so a
-                    // handover costs a few requests, not one per waiting node.
+                    // delay spread over the number of waiting nodes per free slot lets about
+                    // one of them ask first while the others see the slot taken in their
+                    // cache, so a handover costs a few requests, not one per waiting node.
                     let spread = (ACQUIRE_SPREAD_PER_NODE * waiting as u32).min(ACQUIRE_SPREAD_MAX);
                     let delay = random_below(spread.as_micros().max(1) as usize);
                     tokio::time::sleep(Duration::from_micros(delay as u64)).await;

@@ -427,6 +427,24 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     println!(
         "   (hand-placed files equal to the template are left untouched: not rewritten, no slot taken)"
     );
+    // Every agent has run a pass with the object (its desired-state cache holds the hash), so
+    // the figures below time the rollout, not the agents' start-up.
+    let seed_hash = crate::manifest::template_hash(&seed.spec.template);
+    let caches: Vec<PathBuf> = cluster
+        .nodes()
+        .iter()
+        .map(|node| node.state_dir.join("desired.json"))
+        .collect();
+    wait_until(
+        Duration::from_secs(120),
+        "every agent to have seen StaticPod nginx",
+        || async {
+            Ok(caches
+                .iter()
+                .all(|c| std::fs::read_to_string(c).is_ok_and(|text| text.contains(&seed_hash))))
+        },
+    )
+    .await?;
 
     if options.bad_image {
         cluster.set_broken_image(NEW_IMAGE, true);
