@@ -7,7 +7,7 @@
 //! pass costs no API request unless it writes (a slot, a status, an Event).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -20,15 +20,16 @@ use tokio::time::Instant;
 
 use crate::config::{Config, DriftMode};
 use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
-use crate::desired::{DesiredObject, ObjectKey, Refusal, cache, cluster};
+use crate::desired::{DesiredObject, ObjectKey, Refusal, Strategy, cache, cluster};
 use crate::kubeclient::reflect;
 use crate::manifest::store::{ManifestStore, StoreError};
+use crate::ota::{self, Ota, api};
 use crate::resources::{StaticPod, YurtStaticSet};
 use crate::rollout::events::{Reason, Recorder};
 use crate::rollout::journal::Journal;
 use crate::rollout::plan::{MirrorState, Plan, plan};
 use crate::rollout::slots::{SlotOwner, Slots, random_below};
-use crate::rollout::upgrade::{FailedHashes, MirrorPods, Upgrader};
+use crate::rollout::upgrade::{FailedHashes, InFlight, MirrorPods, Upgrader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -220,12 +221,6 @@ const ACQUIRE_SPREAD_PER_NODE: Duration = Duration::from_millis(2);
 /// ...up to this.
 const ACQUIRE_SPREAD_MAX: Duration = Duration::from_secs(2);
 
-/// An upgrade running in its own task.
-struct Running {
-    /// The newest desired hash for this manifest; differs from `hash` once superseded.
-    latest: Arc<Mutex<String>>,
-}
-
 pub struct Agent {
     node: String,
     config: Config,
@@ -235,7 +230,7 @@ pub struct Agent {
     slots: Arc<Slots>,
     upgrader: Arc<Upgrader>,
     events: Recorder,
-    running: Arc<Mutex<HashMap<String, Running>>>,
+    running: Arc<InFlight>,
     refused_reported: HashSet<(String, String)>,
     /// Manifests this node held at the last pass (to notice one being removed).
     members: HashSet<String>,
@@ -245,6 +240,8 @@ pub struct Agent {
     _dir_watch: Option<notify::RecommendedWatcher>,
     last_cached: BTreeMap<ObjectKey, DesiredObject>,
     member_counts: HashMap<ObjectKey, (Instant, usize)>,
+    /// OTA: announcements and upgrades asked for through the local API.
+    ota: Arc<Ota>,
 }
 
 impl Agent {
@@ -288,6 +285,15 @@ impl Agent {
             BTreeMap::new()
         });
         tracing::info!(node = %node, manifests = %config.manifest_dir.display(), cached_objects = last_cached.len(), "agent started");
+        let running = Arc::new(InFlight::default());
+        let ota = Arc::new(Ota::new(
+            &node,
+            caches.pods.clone(),
+            store.clone(),
+            upgrader.clone(),
+            running.clone(),
+            caches.changed.clone(),
+        ));
         Ok(Agent {
             node,
             config,
@@ -297,14 +303,42 @@ impl Agent {
             slots,
             upgrader,
             events,
-            running: Arc::new(Mutex::new(HashMap::new())),
+            running,
             refused_reported: HashSet::new(),
             members: HashSet::new(),
             drift_reported: HashSet::new(),
             _dir_watch: dir_watch,
             last_cached,
             member_counts: HashMap::new(),
+            ota,
         })
+    }
+
+    /// Start the node-local API (`localApi.listen`), and write the address it bound to
+    /// `stateDir/local-api.addr`.
+    pub async fn serve_local_api(&self) -> Result<(), AgentError> {
+        let listen = self
+            .config
+            .local_api
+            .address()
+            .map_err(|e| AgentError::Config(format!("localApi.listen: {e}")))?;
+        let Some(listen) = listen else {
+            return Ok(());
+        };
+        let token = match &self.config.local_api.token_file {
+            Some(path) => {
+                Some(api::read_token(path).map_err(|e| AgentError::Config(e.to_string()))?)
+            }
+            None => None,
+        };
+        let bound = api::serve(&listen, token, self.ota.clone())
+            .await
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        self.store
+            .write_state(api::ADDRESS_FILE, bound.as_bytes())
+            .map_err(AgentError::Store)?;
+        tracing::info!(node = %self.node, address = %bound, "local API listening");
+        Ok(())
     }
 
     /// Wait until the caches hold a first full list (bounded: offline, we keep going on the
@@ -346,11 +380,7 @@ impl Agent {
         self.resume_journal().await;
         loop {
             let pending = self.reconcile().await;
-            let upgrading = !self
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
+            let upgrading = !self.running.is_empty();
             if pending.is_empty() && !upgrading {
                 return Ok(format!("node {} converged", self.node));
             }
@@ -455,16 +485,13 @@ impl Agent {
             }
             self.last_cached = cacheable;
         }
+        self.ota.set_desired(desired.clone());
         let failed = self.upgrader.failed.snapshot();
         let mut pending: Vec<Pending> = Vec::new();
         for d in desired.values() {
-            {
-                let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(r) = running.get(&d.manifest) {
-                    *r.latest.lock().unwrap_or_else(|e| e.into_inner()) = d.hash.clone();
-                    pending.push(Pending::moving(format!("{} upgrading", d.key)));
-                    continue;
-                }
+            if self.running.update(&d.manifest, &d.hash) {
+                pending.push(Pending::moving(format!("{} upgrading", d.key)));
+                continue;
             }
             let local = match self.store.read(&d.manifest) {
                 Ok(l) => l,
@@ -475,7 +502,12 @@ impl Agent {
             };
             let mirror_name = format!("{}-{}", d.key.name, self.node);
             let mirror = self.upgrader.mirrors.mirror(&d.key.namespace, &mirror_name);
-            match plan(d, local.as_deref(), mirror.as_ref(), &failed) {
+            let next = plan(d, local.as_deref(), mirror.as_ref(), &failed);
+            if d.strategy == Strategy::Ota {
+                self.announce(d, &next, local.as_deref(), &mirror_name)
+                    .await;
+            }
+            match next {
                 Plan::NotMember => {
                     if self.members.remove(&d.manifest) {
                         tracing::warn!(object = %d.key, node = %self.node, manifest = %d.manifest, "manifest removed on the node: no longer a member");
@@ -525,6 +557,37 @@ impl Agent {
             }
         }
         pending
+    }
+
+    /// OTA: keep `PodNeedUpgrade` on this node's mirror pod saying whether an upgrade is
+    /// available (re-applied when kubelet recreates the pod without it).
+    async fn announce(
+        &self,
+        d: &DesiredObject,
+        next: &Plan,
+        local: Option<&[u8]>,
+        mirror_name: &str,
+    ) {
+        let local_hash = local.and_then(crate::manifest::hash_of_manifest);
+        let Some(want) = ota::announcement(d, next, local_hash.as_deref()) else {
+            return;
+        };
+        let Some(pod) = self
+            .caches
+            .pods
+            .get(&ObjectRef::new(mirror_name).within(&d.key.namespace))
+        else {
+            return;
+        };
+        match ota::announce(&self.client, &pod, &want).await {
+            Ok(true) => {
+                tracing::info!(object = %d.key, node = %self.node, need = want.need, message = %want.message, "PodNeedUpgrade set")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(object = %d.key, node = %self.node, error = %e, "setting PodNeedUpgrade")
+            }
+        }
     }
 
     /// The member count an object's budget is resolved against: its status when current,
@@ -578,16 +641,9 @@ impl Agent {
         } else {
             None
         };
-        let latest = Arc::new(Mutex::new(d.hash.clone()));
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                d.manifest.clone(),
-                Running {
-                    latest: latest.clone(),
-                },
-            );
+        let Some(latest) = self.running.begin(&d.manifest, &d.hash) else {
+            return;
+        };
         let (upgrader, slots, running, changed) = (
             self.upgrader.clone(),
             self.slots.clone(),
@@ -597,10 +653,7 @@ impl Agent {
         let d = d.clone();
         tokio::spawn(async move {
             let done = |notify: bool| {
-                running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&d.manifest);
+                running.end(&d.manifest);
                 if notify {
                     changed.notify_one();
                 }
@@ -629,7 +682,7 @@ impl Agent {
             let held = slot.as_ref().map(|s| (&*slots, s));
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
-            if let Err(e) = upgrader.upgrade(&d, held, superseded).await {
+            if let Err(e) = upgrader.upgrade(&d, held, superseded, || {}).await {
                 tracing::error!(object = %d.key, error = %e, "upgrade failed");
             }
             done(true);

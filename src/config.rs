@@ -48,7 +48,32 @@ pub struct Config {
     pub agent_namespace: String,
     pub rollout: Rollout,
     pub drift: Drift,
+    pub local_api: LocalApi,
+    pub ota: Ota,
     pub log: Log,
+}
+
+/// The node-local API (YurtHub's OTA paths).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LocalApi {
+    /// `host:port`, or an absolute path for a Unix socket; empty disables the API.
+    pub listen: String,
+    /// A file holding the bearer token every request must carry. Required to listen on a
+    /// non-loopback address.
+    pub token_file: Option<PathBuf>,
+}
+
+/// OTA upgrades.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Ota {
+    /// Upgrade from the cached desired state when the API server is unreachable.
+    pub allow_offline: bool,
+    /// kubelet's local pod list, read for readiness when the API server is unreachable.
+    pub kubelet_pods_url: String,
+    /// A file holding a bearer token for the kubelet URL (kubelet's authenticated port).
+    pub kubelet_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +129,8 @@ impl Default for Config {
             agent_namespace: "staticpod-system".to_string(),
             rollout: Rollout::default(),
             drift: Drift::default(),
+            local_api: LocalApi::default(),
+            ota: Ota::default(),
             log: Log::default(),
         }
     }
@@ -123,6 +150,53 @@ impl Default for Drift {
         Drift {
             mode: DriftMode::Restore,
         }
+    }
+}
+
+impl Default for LocalApi {
+    fn default() -> Self {
+        LocalApi {
+            listen: "127.0.0.1:10272".to_string(),
+            token_file: None,
+        }
+    }
+}
+
+impl Default for Ota {
+    fn default() -> Self {
+        Ota {
+            allow_offline: true,
+            kubelet_pods_url: "http://127.0.0.1:10255/pods".to_string(),
+            kubelet_token_file: None,
+        }
+    }
+}
+
+/// Where the node-local API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl LocalApi {
+    /// The parsed `listen`; `None` when the API is disabled.
+    pub fn address(&self) -> Result<Option<Listen>, String> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        if listen.starts_with('/') {
+            return Ok(Some(Listen::Unix(PathBuf::from(listen))));
+        }
+        listen
+            .parse::<std::net::SocketAddr>()
+            .map(|a| Some(Listen::Tcp(a)))
+            .map_err(|_| {
+                format!(
+                    "expected host:port (an IP address, e.g. 127.0.0.1:10272) or an absolute Unix socket path, got {listen:?}"
+                )
+            })
     }
 }
 
@@ -263,6 +337,31 @@ impl Config {
             return Err(invalid(
                 "rollout.leaseDuration",
                 "must be at least 1s".to_string(),
+            ));
+        }
+        match self.local_api.address() {
+            Err(reason) => return Err(invalid("localApi.listen", reason)),
+            Ok(Some(Listen::Tcp(addr)))
+                if !addr.ip().is_loopback() && self.local_api.token_file.is_none() =>
+            {
+                return Err(invalid(
+                    "localApi.listen",
+                    format!(
+                        "{addr} is not a loopback address: set localApi.tokenFile so that every request must carry a bearer token"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+        }
+        if !self.ota.kubelet_pods_url.starts_with("http://")
+            && !self.ota.kubelet_pods_url.starts_with("https://")
+        {
+            return Err(invalid(
+                "ota.kubeletPodsUrl",
+                format!(
+                    "expected an http:// or https:// URL, got {:?}",
+                    self.ota.kubelet_pods_url
+                ),
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod desired;
 pub mod kubeclient;
 pub mod manifest;
+pub mod ota;
 pub mod resources;
 pub mod rollout;
 pub mod sim;

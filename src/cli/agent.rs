@@ -102,6 +102,7 @@ pub fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {
     let config = args.flags.apply(config)?;
     runtime()?.block_on(async {
         let agent = Agent::start(config).await?;
+        agent.serve_local_api().await?;
         tokio::select! {
             r = agent.run() => r?,
             _ = shutdown_signal() => tracing::info!("stopping on signal"),

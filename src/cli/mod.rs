@@ -5,6 +5,7 @@ mod config;
 mod controller;
 mod crd;
 mod demo;
+mod local;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,10 @@ enum Command {
     Config(config::Args),
     /// Run the embedded dev cluster (in-memory API server and simulated kubelets).
     Demo(demo::Args),
+    /// This node's pods, from the local agent (NAME READY STATUS HASH NEED-UPGRADE).
+    Pods(local::PodsArgs),
+    /// Start an OTA upgrade of one static pod through the local agent's API.
+    Upgrade(local::UpgradeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -65,6 +70,8 @@ pub fn main() -> ExitCode {
         Command::Crd(args) => crd::run(args),
         Command::Config(args) => config::run(args, config),
         Command::Demo(args) => demo::run(args),
+        Command::Pods(args) => local::pods(args, config),
+        Command::Upgrade(args) => local::upgrade(args, config),
     };
     match result {
         Ok(code) => code,

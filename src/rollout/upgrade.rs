@@ -60,6 +60,61 @@ pub trait MirrorPods: Send + Sync {
     fn node_ready(&self) -> bool;
 }
 
+/// The upgrades running on this node, by manifest: at most one per manifest, whoever started
+/// it (the rolling upgrade loop, or the local API for OTA).
+#[derive(Default)]
+pub struct InFlight {
+    /// Manifest → the newest desired hash (differs from the one being written once superseded).
+    latest: Mutex<HashMap<String, Arc<Mutex<String>>>>,
+}
+
+impl InFlight {
+    /// Register an upgrade of `manifest` to `hash`; `None` when one is already running. The
+    /// returned cell is what `superseded` checks.
+    pub fn begin(&self, manifest: &str, hash: &str) -> Option<Arc<Mutex<String>>> {
+        let mut map = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(manifest) {
+            return None;
+        }
+        let cell = Arc::new(Mutex::new(hash.to_string()));
+        map.insert(manifest.to_string(), cell.clone());
+        Some(cell)
+    }
+
+    pub fn end(&self, manifest: &str) {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(manifest);
+    }
+
+    /// Record the newest desired hash of a running upgrade; false when none is running.
+    pub fn update(&self, manifest: &str, hash: &str) -> bool {
+        let map = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(manifest) {
+            Some(cell) => {
+                *cell.lock().unwrap_or_else(|e| e.into_inner()) = hash.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn contains(&self, manifest: &str) -> bool {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(manifest)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+}
+
 /// Hashes rolled back on this node: not retried until the template changes.
 #[derive(Default)]
 pub struct FailedHashes {
@@ -109,16 +164,18 @@ impl Upgrader {
     /// Run an upgrade to `desired`, holding `slot` (if any) until it ends: the slot is renewed
     /// while waiting and released before the outcome is reported, so the next node starts as
     /// early as possible. `superseded` is asked while waiting whether a newer template replaced
-    /// this one.
+    /// this one; `on_written` is called once the new manifest is in place.
     #[tracing::instrument(skip_all, fields(object = %desired.key, node = %self.node, hash = %desired.hash))]
     pub async fn upgrade(
         &self,
         desired: &DesiredObject,
         slot: Option<(&Slots, &Slot)>,
         superseded: impl Fn() -> bool,
+        on_written: impl FnOnce(),
     ) -> Result<Outcome, UpgradeError> {
         let result = match self.write(desired, slot).await {
             Ok(entry) => {
+                on_written();
                 let deadline = Instant::now() + self.progress_deadline;
                 self.wait(desired, &entry, deadline, slot, superseded).await
             }

@@ -285,13 +285,24 @@ impl Env {
 
     /// Write a node's agent configuration file (the keys of config/staticpod-puller.yaml).
     fn write_config(&self, node: &str, settings: Settings, tag: &str) -> PathBuf {
+        self.write_config_with(node, settings, tag, "localApi:\n  listen: 127.0.0.1:0\n")
+    }
+
+    /// As `write_config`, with `local_api` (YAML) as the localApi section.
+    fn write_config_with(
+        &self,
+        node: &str,
+        settings: Settings,
+        tag: &str,
+        local_api: &str,
+    ) -> PathBuf {
         let n = self
             .cluster
             .node(node)
             .unwrap_or_else(|| panic!("no node {node}"));
         let path = self.dir.path().join(format!("{node}.{tag}.yaml"));
         let text = format!(
-            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\ndrift:\n  mode: {}\nlog:\n  level: info\n",
+            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\ndrift:\n  mode: {}\n{}log:\n  level: info\n",
             n.name,
             n.agent_kubeconfig.display(),
             n.manifest_dir.display(),
@@ -299,6 +310,7 @@ impl Env {
             HumanDuration(settings.progress_deadline),
             HumanDuration(settings.lease_duration),
             settings.drift,
+            local_api,
         );
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         path
@@ -1784,4 +1796,386 @@ async fn under_api_errors_dropped_watches_and_a_partition_every_node_converges_w
     // releases its slot, within that.
     env.wait_slots_released_within("nginx", Duration::from_secs(60))
         .await;
+}
+
+// --- OTA and the node-local API ------------------------------------------------------------
+
+/// An OTA StaticPod of `image`.
+fn ota_static_pod(image: &str) -> Value {
+    static_pod("nginx", "nginx", json!(1), web(image))
+        .as_object()
+        .map(|o| {
+            let mut o = o.clone();
+            o["spec"]["upgradeStrategy"] = json!({"type": "OTA"});
+            Value::Object(o)
+        })
+        .expect("a StaticPod object")
+}
+
+/// `PodNeedUpgrade` of the mirror pod of `name` on `node`: its status, if set.
+fn need_upgrade(store: &Store, name: &str, node: &str) -> Option<String> {
+    let value = store
+        .get(
+            &ResourceKey::core("pods"),
+            Some(NS),
+            &format!("{name}-{node}"),
+        )
+        .ok()?;
+    value
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "PodNeedUpgrade")
+        .and_then(|c| c["status"].as_str())
+        .map(str::to_string)
+}
+
+impl Env {
+    /// A client of `node`'s local API (the agent wrote the port it bound into its state dir).
+    async fn local_api(&self, node: &str) -> staticpod_puller::ota::client::LocalClient {
+        let mut config = staticpod_puller::config::Config::default();
+        config.local_api.listen = "127.0.0.1:0".into();
+        config.state_dir = self.state_dir(node);
+        self.wait(
+            &format!("the local API of {node}"),
+            Duration::from_secs(20),
+            async || {
+                let client = staticpod_puller::ota::client::LocalClient::from_config(&config)
+                    .map_err(|e| e.to_string())?;
+                // Any answer will do: with a token configured it is a 401.
+                match client.request("GET", "/healthz").await {
+                    Ok(_) => Ok(client),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await
+    }
+
+    async fn wait_need_upgrade(&self, node: &str, want: &str) {
+        self.wait(
+            &format!("PodNeedUpgrade={want} on {node}"),
+            Duration::from_secs(20),
+            async || match need_upgrade(self.store(), "nginx", node) {
+                Some(s) if s == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .await;
+    }
+}
+
+/// Wait until the agent's own pod list (what it decides on) shows `PodNeedUpgrade=True`.
+async fn wait_agent_sees_need(
+    env: &Env,
+    api: &staticpod_puller::ota::client::LocalClient,
+    pod: &str,
+) {
+    env.wait(
+        &format!("PodNeedUpgrade=True on {pod} in the agent's pod list"),
+        Duration::from_secs(20),
+        async || {
+            let (_, body) = call(api, "GET", "/pods").await;
+            let list: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+            let need = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["metadata"]["name"] == pod)
+                .flat_map(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .any(|c| c["type"] == "PodNeedUpgrade" && c["status"] == "True");
+            if need { Ok(()) } else { Err(body) }
+        },
+    )
+    .await;
+}
+
+fn upgrade_path(pod: &str) -> String {
+    format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}/upgrade")
+}
+
+async fn call(
+    client: &staticpod_puller::ota::client::LocalClient,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
+    let (status, body) = client
+        .request(method, path)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ota_both_nodes_announce_the_upgrade_and_only_the_asked_node_upgrades() {
+    let mut env = Env::start(2, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(ota_static_pod(OLD_IMAGE)).await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    let nodes = env.nodes();
+    for node in &nodes {
+        env.wait_need_upgrade(node, "False").await;
+    }
+
+    let (_, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    for node in &nodes {
+        env.wait_need_upgrade(node, "True").await;
+    }
+    // Nothing moves by itself in OTA mode.
+    let untouched = stamp(&env.manifest(&nodes[0], "nginx"));
+    let (asked, other) = (&nodes[1], &nodes[0]);
+    let api = env.local_api(asked).await;
+    let pod = format!("nginx-{asked}");
+    wait_agent_sees_need(&env, &api, &pod).await;
+    let (status, body) = call(&api, "POST", &upgrade_path(&pod)).await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, format!("Start updating pod {NS}/{pod}").as_str())
+    );
+    env.wait(
+        &format!("{asked} on the new image, Ready"),
+        Duration::from_secs(20),
+        async || match mirror(env.store(), "nginx", asked) {
+            Some(m) if m.ready && m.hash.as_deref() == Some(&new_hash) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    env.wait_need_upgrade(asked, "False").await;
+    let record = env
+        .wait(
+            "the upgrade recorded as succeeded",
+            Duration::from_secs(10),
+            async || {
+                let (status, body) = call(&api, "GET", &upgrade_path(&pod)).await;
+                let v: Value =
+                    serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
+                if v["phase"] == "succeeded" {
+                    Ok(v)
+                } else {
+                    Err(body)
+                }
+            },
+        )
+        .await;
+    assert_eq!(record["toHash"], json!(new_hash));
+    assert!(
+        record["startedAt"].is_string() && record["finishedAt"].is_string(),
+        "{record}"
+    );
+
+    env.holds(
+        &format!("{other} left alone: old manifest, PodNeedUpgrade=True"),
+        Duration::from_secs(2),
+        async || {
+            let now = stamp(&env.manifest(other, "nginx"));
+            let need = need_upgrade(env.store(), "nginx", other);
+            if now == untouched && need.as_deref() == Some("True") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{now:?} (was {untouched:?}), PodNeedUpgrade {need:?}"
+                ))
+            }
+        },
+    )
+    .await;
+
+    // The pod list, as YurtHub serves it, from the agent's cache.
+    let (status, body) = call(&api, "GET", "/pods").await;
+    let list: Value = serde_json::from_str(&body).expect("a PodList");
+    assert_eq!((status, &list["kind"]), (200, &json!("PodList")));
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, vec![pod.as_str()], "only this node's pods");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_api_answers_like_yurthub() {
+    const BROKEN: &str = "nginx:never-ready";
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.cluster.set_broken_image(BROKEN, true);
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let node = env.nodes()[0].clone();
+    // A static pod no object manages.
+    std::fs::write(
+        env.manifest(&node, "other"),
+        hand_placed("other", OLD_IMAGE),
+    )
+    .expect("placing other.yaml");
+    env.create(ota_static_pod(OLD_IMAGE)).await;
+    env.start_controller();
+    env.start_agents(Settings::deadline(Duration::from_secs(3)));
+    env.wait_need_upgrade(&node, "False").await;
+    let api = env.local_api(&node).await;
+    let pod = format!("nginx-{node}");
+
+    // Current: nothing to upgrade.
+    let (status, body) = call(&api, "POST", &upgrade_path(&pod)).await;
+    assert_eq!(status, 403, "current pod: {body}");
+    assert!(body.contains("already at"), "{body}");
+    // Not managed by any object.
+    env.wait(
+        "the mirror pod of other.yaml in the agent's pod list",
+        Duration::from_secs(20),
+        async || {
+            let (_, body) = call(&api, "GET", "/pods").await;
+            if body.contains(&format!("\"other-{node}\"")) {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+    let (status, body) = call(&api, "POST", &upgrade_path(&format!("other-{node}"))).await;
+    assert_eq!(status, 403, "non-member pod: {body}");
+    assert!(body.contains("not managed"), "{body}");
+    // Unknown pod.
+    let (status, body) = call(&api, "POST", &upgrade_path("nothing-here")).await;
+    assert_eq!(status, 404, "unknown pod: {body}");
+    // Wrong method, malformed paths.
+    let (status, _) = call(&api, "DELETE", &upgrade_path(&pod)).await;
+    assert_eq!(status, 405, "DELETE on the upgrade path");
+    let (status, _) = call(&api, "POST", "/pods").await;
+    assert_eq!(status, 405, "POST /pods");
+    for bad in [
+        format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}"),
+        format!("/openyurt.io/v1/namespaces/{NS}/pods/Not_A_Name/upgrade"),
+        format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}/upgrade/again"),
+    ] {
+        let (status, body) = call(&api, "POST", &bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    // Oversized request target: refused, nothing started.
+    let long = format!("{}?{}", upgrade_path(&pod), "x".repeat(4096));
+    let (status, _) = call(&api, "POST", &long).await;
+    assert_eq!(status, 414, "an oversized path");
+
+    // Oversized body: refused before anything is read or started.
+    let address = std::fs::read_to_string(env.state_dir(&node).join("local-api.addr"))
+        .expect("the bound address");
+    let mut stream = tokio::net::TcpStream::connect(address.trim())
+        .await
+        .expect("connecting to the local API");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1048576\r\n\r\n{}",
+        upgrade_path(&pod),
+        "x".repeat(8192)
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = stream.read(&mut answer).await.expect("an answer");
+    let status_line = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(
+        status_line.starts_with("HTTP/1.1 413"),
+        "an oversized body: {status_line}"
+    );
+
+    // An upgrade whose image never becomes Ready: 200, a concurrent POST is 409, then it is
+    // rolled back and the state says so.
+    let (_, broken_hash) = env.set_image("nginx", BROKEN).await;
+    env.wait_need_upgrade(&node, "True").await;
+    wait_agent_sees_need(&env, &api, &pod).await;
+    let (status, body) = call(&api, "POST", &upgrade_path(&pod)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(&api, "POST", &upgrade_path(&pod)).await;
+    assert_eq!(status, 409, "a second POST while upgrading: {body}");
+    let record = env
+        .wait(
+            "the upgrade rolled back",
+            Duration::from_secs(20),
+            async || {
+                let (_, body) = call(&api, "GET", &upgrade_path(&pod)).await;
+                let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+                if v["phase"] == "rolled-back" {
+                    Ok(v)
+                } else {
+                    Err(body)
+                }
+            },
+        )
+        .await;
+    assert_eq!(record["toHash"], json!(broken_hash));
+    assert!(
+        record["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not Ready")),
+        "{record}"
+    );
+    let (status, body) = call(&api, "POST", &upgrade_path(&pod)).await;
+    assert_eq!(
+        status, 403,
+        "a rolled-back hash is not offered again: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_api_needs_a_token_off_loopback_and_checks_it() {
+    let env = Env::start(1, Timings::fast()).await;
+    let node = env.nodes()[0].clone();
+    let config = env.write_config_with(
+        &node,
+        Settings::patient(),
+        "open",
+        "localApi:\n  listen: 0.0.0.0:0\n",
+    );
+    let out = std::process::Command::new(support::binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .output()
+        .expect("running the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("localApi.tokenFile"),
+        "a non-loopback listen without a token must refuse to start; got {:?}: {stderr}",
+        out.status
+    );
+
+    let token_file = env.dir.path().join("local-api.token");
+    std::fs::write(&token_file, "s3cret\n").expect("writing the token file");
+    let config = env.write_config_with(
+        &node,
+        Settings::patient(),
+        "token",
+        &format!(
+            "localApi:\n  listen: 127.0.0.1:0\n  tokenFile: {}\n",
+            token_file.display()
+        ),
+    );
+    let mut agent = AgentProc {
+        child: Command::new(support::binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning the agent"),
+    };
+    let anonymous = env.local_api(&node).await;
+    let (status, _) = call(&anonymous, "GET", "/pods").await;
+    assert_eq!(status, 401, "no token");
+    let mut with_token = staticpod_puller::config::Config::default();
+    with_token.local_api.listen = "127.0.0.1:0".into();
+    with_token.local_api.token_file = Some(token_file.clone());
+    with_token.state_dir = env.state_dir(&node);
+    let client = staticpod_puller::ota::client::LocalClient::from_config(&with_token)
+        .expect("a client with the token");
+    let (status, body) = call(&client, "GET", "/pods").await;
+    assert_eq!(status, 200, "with the token: {body}");
+    agent.kill9();
 }

@@ -1,0 +1,409 @@
+//! OTA upgrades: the agent announces an available upgrade with pod condition `PodNeedUpgrade`
+//! on its own mirror pod, and upgrades only when asked through the node-local API
+//! ([`api`]). The upgrade itself is the rolling upgrade's (back up → atomic write → wait for the
+//! new hash and Ready → roll back on the deadline), without a slot, journaled the same way.
+
+pub mod api;
+pub mod client;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::desired::{DesiredObject, ObjectKey, Strategy};
+use crate::manifest::store::ManifestStore;
+use crate::rollout::plan::{MirrorState, Plan, plan};
+use crate::rollout::upgrade::{InFlight, Outcome, Upgrader};
+
+/// The pod condition announcing an OTA upgrade (OpenYurt's name).
+pub const NEED_UPGRADE: &str = "PodNeedUpgrade";
+
+/// What `PodNeedUpgrade` should say for one OTA member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub need: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The condition for a member given its plan; `None` when the plan says nothing about it.
+pub fn announcement(
+    d: &DesiredObject,
+    plan: &Plan,
+    local_hash: Option<&str>,
+) -> Option<Announcement> {
+    let running = local_hash.unwrap_or("a hand-placed manifest");
+    match plan {
+        Plan::UpgradeAvailable => Some(Announcement {
+            need: true,
+            reason: "UpgradeAvailable",
+            message: format!("{} is available (running {running})", d.hash),
+        }),
+        Plan::Current => Some(Announcement {
+            need: false,
+            reason: "UpToDate",
+            message: format!("running {}", d.hash),
+        }),
+        Plan::HeldBack { hash } => Some(Announcement {
+            need: false,
+            reason: "RolledBack",
+            message: format!(
+                "{hash} was rolled back on this node; not offered until the template changes"
+            ),
+        }),
+        _ => None,
+    }
+}
+
+fn condition_of<'a>(
+    pod: &'a Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// Set `PodNeedUpgrade` on a mirror pod when it differs (also after kubelet recreated the pod
+/// without it). A strategic merge patch merges conditions by type, keeping kubelet's.
+pub async fn announce(
+    client: &kube::Client,
+    pod: &Pod,
+    want: &Announcement,
+) -> Result<bool, kube::Error> {
+    let status = if want.need { "True" } else { "False" };
+    if let Some(c) = condition_of(pod, NEED_UPGRADE)
+        && c.status == status
+        && c.message.as_deref() == Some(want.message.as_str())
+    {
+        return Ok(false);
+    }
+    let (Some(ns), Some(name)) = (
+        pod.metadata.namespace.as_deref(),
+        pod.metadata.name.as_deref(),
+    ) else {
+        return Ok(false);
+    };
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let patch = json!({"status": {"conditions": [{
+        "type": NEED_UPGRADE,
+        "status": status,
+        "reason": want.reason,
+        "message": want.message,
+        "lastTransitionTime": now,
+    }]}});
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await?;
+    Ok(true)
+}
+
+/// Where an OTA upgrade is, as `GET .../upgrade` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Idle,
+    Writing,
+    WaitingReady,
+    Succeeded,
+    RolledBack,
+    Superseded,
+    Failed,
+}
+
+/// The last OTA upgrade of one pod on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub namespace: String,
+    pub pod: String,
+    pub phase: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Why an upgrade request is refused: an HTTP status and a short plain-text reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+fn refused(status: u16, message: String) -> Refused {
+    Refused { status, message }
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The OTA side of the agent, shared with the local API.
+pub struct Ota {
+    pub node: String,
+    pub pods: Store<Pod>,
+    pub store: Arc<ManifestStore>,
+    pub upgrader: Arc<Upgrader>,
+    pub running: Arc<InFlight>,
+    pub changed: Arc<Notify>,
+    /// The desired objects as of the agent's last pass.
+    desired: Mutex<BTreeMap<ObjectKey, DesiredObject>>,
+    records: Mutex<HashMap<(String, String), Record>>,
+    /// The agent's caches hold a first full list.
+    synced: std::sync::atomic::AtomicBool,
+}
+
+impl Ota {
+    pub fn new(
+        node: &str,
+        pods: Store<Pod>,
+        store: Arc<ManifestStore>,
+        upgrader: Arc<Upgrader>,
+        running: Arc<InFlight>,
+        changed: Arc<Notify>,
+    ) -> Ota {
+        Ota {
+            node: node.to_string(),
+            pods,
+            store,
+            upgrader,
+            running,
+            changed,
+            desired: Mutex::new(BTreeMap::new()),
+            records: Mutex::new(HashMap::new()),
+            synced: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Called by the agent after each pass.
+    pub fn set_desired(&self, desired: BTreeMap<ObjectKey, DesiredObject>) {
+        *self.desired.lock().unwrap_or_else(|e| e.into_inner()) = desired;
+        self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// This node's pods, from the agent's cache (it answers while the API server is away).
+    pub fn pods(&self) -> Vec<Pod> {
+        let mut pods: Vec<Pod> = self.pods.state().iter().map(|p| (**p).clone()).collect();
+        pods.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        pods
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// The object whose mirror pod on this node is `namespace/pod`.
+    fn object_of(&self, namespace: &str, pod: &str) -> Option<DesiredObject> {
+        let suffix = format!("-{}", self.node);
+        let name = pod.strip_suffix(&suffix)?;
+        self.desired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|d| d.key.namespace == namespace && d.key.name == name)
+            .cloned()
+    }
+
+    /// `GET .../upgrade`: the last upgrade of this pod, or idle.
+    pub fn record(&self, namespace: &str, pod: &str) -> Result<Record, Refused> {
+        if let Some(r) = self
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(namespace.to_string(), pod.to_string()))
+        {
+            return Ok(r.clone());
+        }
+        if self.pod(namespace, pod).is_none() && self.object_of(namespace, pod).is_none() {
+            return Err(refused(
+                404,
+                format!("pod {namespace}/{pod} not found on node {}", self.node),
+            ));
+        }
+        Ok(Record {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            phase: Phase::Idle,
+            from_hash: None,
+            to_hash: None,
+            started_at: None,
+            finished_at: None,
+            message: None,
+        })
+    }
+
+    fn set_record(&self, namespace: &str, pod: &str, change: impl FnOnce(&mut Record)) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = records.get_mut(&(namespace.to_string(), pod.to_string())) {
+            change(r);
+        }
+    }
+
+    /// `POST .../upgrade`: start the upgrade of mirror pod `namespace/pod` when one is
+    /// available; the message is the 200 body.
+    pub fn start(self: &Arc<Self>, namespace: &str, pod: &str) -> Result<String, Refused> {
+        let mirror = self.pod(namespace, pod);
+        let Some(d) = self.object_of(namespace, pod) else {
+            return Err(match mirror {
+                None => refused(
+                    404,
+                    format!("pod {namespace}/{pod} not found on node {}", self.node),
+                ),
+                Some(_) => refused(
+                    403,
+                    format!("pod {namespace}/{pod} is not managed by a StaticPod or YurtStaticSet"),
+                ),
+            });
+        };
+        if d.strategy != Strategy::Ota {
+            return Err(refused(
+                403,
+                format!(
+                    "pod {namespace}/{pod} is not OTA-managed ({} uses {})",
+                    d.key,
+                    d.strategy.as_str()
+                ),
+            ));
+        }
+        let local = self
+            .store
+            .read(&d.manifest)
+            .map_err(|e| refused(500, format!("reading {}.yaml: {e}", d.manifest)))?;
+        if self.running.contains(&d.manifest) {
+            return Err(refused(
+                409,
+                format!("an upgrade of pod {namespace}/{pod} is already running"),
+            ));
+        }
+        let state = mirror.as_deref().map(|p| MirrorState {
+            hash: crate::controller::status::pod_hash(p).map(str::to_string),
+            ready: crate::controller::status::pod_ready(p),
+        });
+        match plan(
+            &d,
+            local.as_deref(),
+            state.as_ref(),
+            &self.upgrader.failed.snapshot(),
+        ) {
+            Plan::NotMember => {
+                return Err(refused(
+                    403,
+                    format!(
+                        "node {} is not a member of {}: it has no {}.yaml",
+                        self.node, d.key, d.manifest
+                    ),
+                ));
+            }
+            Plan::Current | Plan::Drifted => {
+                return Err(refused(
+                    403,
+                    format!("pod {namespace}/{pod} is already at {}", d.hash),
+                ));
+            }
+            Plan::HeldBack { hash } => {
+                return Err(refused(
+                    403,
+                    format!(
+                        "{hash} was rolled back on this node; it is not offered again until the template changes"
+                    ),
+                ));
+            }
+            Plan::Upgrade { .. } | Plan::UpgradeAvailable => {}
+        }
+        let need = mirror
+            .as_deref()
+            .and_then(|p| condition_of(p, NEED_UPGRADE))
+            .is_some_and(|c| c.status == "True");
+        if !need {
+            return Err(refused(
+                403,
+                format!("pod {namespace}/{pod} does not have {NEED_UPGRADE}=True"),
+            ));
+        }
+        let Some(latest) = self.running.begin(&d.manifest, &d.hash) else {
+            return Err(refused(
+                409,
+                format!("an upgrade of pod {namespace}/{pod} is already running"),
+            ));
+        };
+        let from = local.as_deref().and_then(crate::manifest::hash_of_manifest);
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (namespace.to_string(), pod.to_string()),
+                Record {
+                    namespace: namespace.into(),
+                    pod: pod.into(),
+                    phase: Phase::Writing,
+                    from_hash: from,
+                    to_hash: Some(d.hash.clone()),
+                    started_at: Some(now_rfc3339()),
+                    finished_at: None,
+                    message: None,
+                },
+            );
+        tracing::info!(object = %d.key, node = %self.node, pod, hash = %d.hash, "OTA upgrade requested through the local API");
+        let answer = format!("Start updating pod {namespace}/{pod}");
+        let ota = self.clone();
+        let (namespace, pod) = (namespace.to_string(), pod.to_string());
+        tokio::spawn(async move {
+            let target = d.hash.clone();
+            let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
+            let result = ota
+                .upgrader
+                .upgrade(&d, None, superseded, || {
+                    ota.set_record(&namespace, &pod, |r| r.phase = Phase::WaitingReady)
+                })
+                .await;
+            let (phase, message) = match result {
+                Ok(Outcome::Succeeded { .. }) => (Phase::Succeeded, None),
+                Ok(Outcome::RolledBack { reason, restored }) => (
+                    Phase::RolledBack,
+                    Some(format!("{reason}; restored {restored}")),
+                ),
+                Ok(Outcome::Superseded) => {
+                    (Phase::Superseded, Some("a newer template arrived".into()))
+                }
+                Err(e) => (Phase::Failed, Some(e.to_string())),
+            };
+            ota.set_record(&namespace, &pod, |r| {
+                r.phase = phase;
+                r.message = message;
+                r.finished_at = Some(now_rfc3339());
+            });
+            ota.running.end(&d.manifest);
+            ota.changed.notify_one();
+        });
+        Ok(answer)
+    }
+}
