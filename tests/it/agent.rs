@@ -1895,6 +1895,30 @@ async fn wait_agent_sees_need(
     .await;
 }
 
+/// Wait until `GET .../upgrade` of `pod` reports `phase`; returns the record.
+async fn wait_phase(
+    env: &Env,
+    api: &staticpod_puller::ota::client::LocalClient,
+    pod: &str,
+    phase: &str,
+) -> Value {
+    env.wait(
+        &format!("the upgrade of {pod} in phase {phase}"),
+        Duration::from_secs(20),
+        async || {
+            let (status, body) = call(api, "GET", &upgrade_path(pod)).await;
+            let v: Value =
+                serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
+            if v["phase"] == phase {
+                Ok(v)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await
+}
+
 fn upgrade_path(pod: &str) -> String {
     format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}/upgrade")
 }
@@ -1948,22 +1972,7 @@ async fn ota_both_nodes_announce_the_upgrade_and_only_the_asked_node_upgrades() 
     )
     .await;
     env.wait_need_upgrade(asked, "False").await;
-    let record = env
-        .wait(
-            "the upgrade recorded as succeeded",
-            Duration::from_secs(10),
-            async || {
-                let (status, body) = call(&api, "GET", &upgrade_path(&pod)).await;
-                let v: Value =
-                    serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
-                if v["phase"] == "succeeded" {
-                    Ok(v)
-                } else {
-                    Err(body)
-                }
-            },
-        )
-        .await;
+    let record = wait_phase(&env, &api, &pod, "succeeded").await;
     assert_eq!(record["toHash"], json!(new_hash));
     assert!(
         record["startedAt"].is_string() && record["finishedAt"].is_string(),
@@ -2092,21 +2101,7 @@ async fn the_local_api_answers_like_yurthub() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = call(&api, "POST", &upgrade_path(&pod)).await;
     assert_eq!(status, 409, "a second POST while upgrading: {body}");
-    let record = env
-        .wait(
-            "the upgrade rolled back",
-            Duration::from_secs(20),
-            async || {
-                let (_, body) = call(&api, "GET", &upgrade_path(&pod)).await;
-                let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
-                if v["phase"] == "rolled-back" {
-                    Ok(v)
-                } else {
-                    Err(body)
-                }
-            },
-        )
-        .await;
+    let record = wait_phase(&env, &api, &pod, "rolled-back").await;
     assert_eq!(record["toHash"], json!(broken_hash));
     assert!(
         record["message"]
