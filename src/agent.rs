@@ -89,9 +89,23 @@ struct Caches {
     changed: Arc<Notify>,
     /// Marked on every change of this node's pods, for upgrades waiting on their mirror pod.
     pods_changed: Arc<tokio::sync::watch::Sender<()>>,
+    _watches: Vec<crate::kubeclient::WatchTask>,
 }
 
-/// Start one reflector per watched resource; each task runs until the process ends.
+/// Keep a reflector's task alive with the caches; hand back its store.
+fn keep<K>(
+    watches: &mut Vec<crate::kubeclient::WatchTask>,
+    (store, task): (Store<K>, crate::kubeclient::WatchTask),
+) -> Store<K>
+where
+    K: kube::Resource + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    watches.push(task);
+    store
+}
+
+/// Start one reflector per watched resource; each runs until the agent is dropped.
 fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Caches {
     let changed = Arc::new(Notify::new());
     let kinds_api = |ns: Option<&str>| -> (Api<StaticPod>, Api<YurtStaticSet>) {
@@ -118,32 +132,51 @@ fn start_reflectors(client: &kube::Client, config: &Config, node: &str) -> Cache
             pods_changed.send_replace(());
         }
     };
+    let mut watches = Vec::new();
+    let static_pods = keep(
+        &mut watches,
+        reflect(sp, watcher::Config::default(), wake(&changed)),
+    );
+    let yurt_static_sets = keep(
+        &mut watches,
+        reflect(yss, watcher::Config::default(), wake(&changed)),
+    );
     Caches {
-        static_pods: reflect(sp, watcher::Config::default(), wake(&changed)),
-        yurt_static_sets: reflect(yss, watcher::Config::default(), wake(&changed)),
-        pods: reflect(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-            on_pod_change,
+        static_pods,
+        yurt_static_sets,
+        pods: keep(
+            &mut watches,
+            reflect(
+                Api::<Pod>::all(client.clone()),
+                watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+                on_pod_change,
+            ),
         ),
-        leases: reflect(
-            Api::<Lease>::namespaced(client.clone(), &config.agent_namespace),
-            watcher::Config::default(),
-            wake(&changed),
+        leases: keep(
+            &mut watches,
+            reflect(
+                Api::<Lease>::namespaced(client.clone(), &config.agent_namespace),
+                watcher::Config::default(),
+                wake(&changed),
+            ),
         ),
-        node: reflect(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default().fields(&format!("metadata.name={node}")),
-            {
-                let (changed, pods_changed) = (changed.clone(), pods_changed.clone());
-                move || {
-                    changed.notify_one();
-                    pods_changed.send_replace(());
-                }
-            },
+        node: keep(
+            &mut watches,
+            reflect(
+                Api::<Node>::all(client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={node}")),
+                {
+                    let (changed, pods_changed) = (changed.clone(), pods_changed.clone());
+                    move || {
+                        changed.notify_one();
+                        pods_changed.send_replace(());
+                    }
+                },
+            ),
         ),
         changed,
         pods_changed,
+        _watches: watches,
     }
 }
 

@@ -67,6 +67,8 @@ pub struct DemoOptions {
     pub keep_running: bool,
     /// The agents' `log.level`.
     pub agent_log_level: String,
+    /// The StaticPod's upgrade strategy.
+    pub strategy: resources::Strategy,
 }
 
 const OLD_IMAGE: &str = "nginx:1.19.1";
@@ -254,6 +256,8 @@ struct NodeLine {
     image: String,
     hash: String,
     ready: bool,
+    /// `PodNeedUpgrade` (OTA), when set.
+    need_upgrade: Option<String>,
 }
 
 async fn node_lines(pods: &Api<Pod>) -> Result<BTreeMap<String, NodeLine>, DemoError> {
@@ -275,12 +279,19 @@ async fn node_lines(pods: &Api<Pod>) -> Result<BTreeMap<String, NodeLine>, DemoE
                 .and_then(|c| c.image.clone())
                 .unwrap_or_default();
             let hash = pod_hash(p).unwrap_or("(none)").to_string();
+            let need_upgrade = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == crate::ota::NEED_UPGRADE))
+                .map(|c| c.status.clone());
             (
                 node,
                 NodeLine {
                     image,
                     hash,
                     ready: pod_ready(p),
+                    need_upgrade,
                 },
             )
         })
@@ -326,12 +337,18 @@ async fn follow(
         }
         for (node, line) in &nodes {
             if last_nodes.get(node) != Some(line) {
-                println!(
-                    "      {node:<16} {:<14} hash {:<16} {}",
+                let need = line
+                    .need_upgrade
+                    .as_ref()
+                    .map(|s| format!("  PodNeedUpgrade={s}"))
+                    .unwrap_or_default();
+                let text = format!(
+                    "      {node:<16} {:<14} hash {:<16} {:<9}{need}",
                     line.image,
                     line.hash,
                     if line.ready { "Ready" } else { "not ready" }
                 );
+                println!("{}", text.trim_end());
             }
         }
         last_nodes = nodes;
@@ -392,11 +409,17 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         .parse::<i64>()
         .map(Value::from)
         .unwrap_or(json!(options.max_unavailable));
+    let upgrade_strategy = match options.strategy {
+        resources::Strategy::Ota => json!({"type": "OTA"}),
+        resources::Strategy::AdvancedRollingUpdate => {
+            json!({"type": "AdvancedRollingUpdate", "maxUnavailable": max_unavailable})
+        }
+    };
     let seed: StaticPod = serde_json::from_value(json!({
         "apiVersion": "apps.openyurt.io/v1alpha1", "kind": "StaticPod",
         "metadata": {"name": "nginx", "namespace": "default"},
         "spec": {"staticPodManifest": "nginx",
-                 "upgradeStrategy": {"type": "AdvancedRollingUpdate", "maxUnavailable": max_unavailable},
+                 "upgradeStrategy": upgrade_strategy,
                  "template": {"metadata": {"name": "nginx"},
                               "spec": {"containers": [{"name": "web", "image": OLD_IMAGE}]}}},
     }))
@@ -462,7 +485,9 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     let new_hash = crate::manifest::template_hash(&updated.spec.template);
     table_header();
 
-    if options.bad_image {
+    if options.strategy == resources::Strategy::Ota {
+        play_ota(&options, &cluster, &sps, &pods, &new_hash).await?;
+    } else if options.bad_image {
         let events: Api<Event> = Api::namespaced(client.clone(), "default");
         let deadline = options.progress_deadline + Duration::from_secs(60);
         let rollback_due = options.progress_deadline;
@@ -552,6 +577,74 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     drop(agents);
     controller.abort();
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// OTA: every node announces the upgrade; one node is upgraded through its local API, the
+/// way an operator on the device would; only that node moves.
+async fn play_ota(
+    options: &DemoOptions,
+    cluster: &DevCluster,
+    sps: &Api<StaticPod>,
+    pods: &Api<Pod>,
+    new_hash: &str,
+) -> Result<(), DemoError> {
+    follow(sps, pods, Duration::from_secs(60), |_, nodes| {
+        nodes.len() == options.nodes
+            && nodes
+                .values()
+                .all(|l| l.need_upgrade.as_deref() == Some("True"))
+    })
+    .await?;
+    println!("-- every node announces PodNeedUpgrade=True; nothing moves until someone asks");
+    let nodes = cluster.nodes();
+    let chosen = &nodes[1.min(nodes.len() - 1)];
+    let pod = format!("nginx-{}", chosen.name);
+    let path = format!("/openyurt.io/v1/namespaces/default/pods/{pod}/upgrade");
+    let mut config = crate::config::Config::default();
+    config.local_api.listen = "127.0.0.1:0".into();
+    config.state_dir = chosen.state_dir.clone();
+    let client = crate::ota::client::LocalClient::from_config(&config)
+        .map_err(|e| DemoError::Manifests(e.to_string()))?;
+    let address = std::fs::read_to_string(chosen.state_dir.join(crate::ota::api::ADDRESS_FILE))
+        .unwrap_or_default();
+    println!(
+        "-- on {}: curl -X POST http://{}{path}",
+        chosen.name,
+        address.trim()
+    );
+    let (status, body) = client
+        .request("POST", &path)
+        .await
+        .map_err(|e| DemoError::Manifests(e.to_string()))?;
+    println!("   {status} {}", String::from_utf8_lossy(&body).trim());
+    if status != 200 {
+        return Err(DemoError::Timeout(format!(
+            "the local API of {} refused the upgrade",
+            chosen.name
+        )));
+    }
+    table_header();
+    follow(sps, pods, Duration::from_secs(60), |_, lines| {
+        lines.get(&chosen.name).is_some_and(|l| {
+            l.ready && l.hash == new_hash && l.need_upgrade.as_deref() == Some("False")
+        })
+    })
+    .await?;
+    let lines = node_lines(pods).await?;
+    let moved: Vec<&String> = lines
+        .iter()
+        .filter(|(_, l)| l.image == NEW_IMAGE)
+        .map(|(n, _)| n)
+        .collect();
+    println!(
+        "== OTA: only {} runs {NEW_IMAGE} (hash {new_hash}); the other nodes still announce the upgrade",
+        moved
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 

@@ -15,12 +15,12 @@ pub async fn from_kubeconfig(path: &Path) -> Result<kube::Client, String> {
 
 /// A reflector over `api`: a watch (resume from resourceVersion, relist on 410, backoff with
 /// jitter) keeping an in-memory store, calling `on_change` after every change. The watch task
-/// runs until the process ends.
+/// runs until the returned guard is dropped.
 pub fn reflect<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
     on_change: impl Fn() + Send + 'static,
-) -> kube::runtime::reflector::Store<K>
+) -> (kube::runtime::reflector::Store<K>, WatchTask)
 where
     K: kube::Resource
         + Clone
@@ -37,7 +37,7 @@ where
     let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
         .touched_objects();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
@@ -46,5 +46,15 @@ where
             }
         }
     });
-    reader
+    (reader, WatchTask(task))
+}
+
+/// A running watch; dropping it stops the watch (so a stopped controller or agent leaves no
+/// watch retrying against a server that is gone).
+pub struct WatchTask(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

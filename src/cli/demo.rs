@@ -37,6 +37,11 @@ pub struct Args {
     /// API server address.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// The StaticPod's upgrade strategy: AdvancedRollingUpdate (rolling, bounded by
+    /// --max-unavailable) or OTA (each node announces the upgrade; the demo upgrades one node
+    /// through its local API).
+    #[arg(long, default_value = "AdvancedRollingUpdate", value_name = "STRATEGY")]
+    strategy: String,
     /// Log level of the agent processes (their logs go to `DIR/nodes/NODE/agent.log`).
     #[arg(long, default_value = "warn", value_name = "FILTER")]
     agent_log_level: String,
@@ -53,6 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     }))
     .map_err(|e| anyhow::anyhow!("--max-unavailable: {e}"))?;
+    let strategy = staticpod_puller::resources::Strategy::parse(Some(&args.strategy))
+        .map_err(|e| anyhow::anyhow!("--strategy: {e}"))?;
     let options = demo::DemoOptions {
         nodes: args.nodes.into(),
         dir: args.dir,
@@ -63,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         progress_deadline: args.progress_deadline.0,
         keep_running: args.keep_running,
         agent_log_level: args.agent_log_level,
+        strategy,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     if args.serve {

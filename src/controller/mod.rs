@@ -25,14 +25,21 @@ use crate::rollout::slots::{SlotOwner, Slots};
 /// Changes arriving within this window are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+fn reflect<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    watches: &mut Vec<crate::kubeclient::WatchTask>,
+) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    crate::kubeclient::reflect(api, kube::runtime::watcher::Config::default(), move || {
-        changed.notify_one()
-    })
+    let (store, task) =
+        crate::kubeclient::reflect(api, kube::runtime::watcher::Config::default(), move || {
+            changed.notify_one()
+        });
+    watches.push(task);
+    store
 }
 
 /// Run the controller until the process ends. `identity` names this replica in the Lease.
@@ -43,9 +50,12 @@ pub async fn run(
     lease_duration: Duration,
 ) {
     let changed = Arc::new(Notify::new());
+    // Dropped (watches stopped) when this future is: a stopped controller leaves nothing behind.
+    let mut watches = Vec::new();
     let leases: Store<Lease> = reflect(
         Api::namespaced(client.clone(), lease_namespace),
         changed.clone(),
+        &mut watches,
     );
     let slots = Slots::new(
         client.clone(),
@@ -59,9 +69,11 @@ pub async fn run(
         namespace: lease_namespace.to_string(),
         name: "status".to_string(),
     };
-    let static_pods: Store<StaticPod> = reflect(Api::all(client.clone()), changed.clone());
-    let yurt_static_sets: Store<YurtStaticSet> = reflect(Api::all(client.clone()), changed.clone());
-    let pods: Store<Pod> = reflect(Api::all(client.clone()), changed.clone());
+    let static_pods: Store<StaticPod> =
+        reflect(Api::all(client.clone()), changed.clone(), &mut watches);
+    let yurt_static_sets: Store<YurtStaticSet> =
+        reflect(Api::all(client.clone()), changed.clone(), &mut watches);
+    let pods: Store<Pod> = reflect(Api::all(client.clone()), changed.clone(), &mut watches);
     let _ = leases.wait_until_ready().await;
     loop {
         // Become the leader (or wait for the current one's Lease to expire).

@@ -2174,3 +2174,32 @@ async fn the_local_api_needs_a_token_off_loopback_and_checks_it() {
     assert_eq!(status, 200, "with the token: {body}");
     agent.kill9();
 }
+
+#[test]
+fn demo_strategy_ota_upgrades_only_the_node_asked_through_its_local_api() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let out = Command::new(support::binary())
+        .args(["--log-level", "warn", "demo", "--strategy", "ota", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("running the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo --strategy ota failed: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "every node announces PodNeedUpgrade=True",
+        "curl -X POST http://127.0.0.1:",
+        "/openyurt.io/v1/namespaces/default/pods/nginx-edge-node-2/upgrade",
+        "200 Start updating pod default/nginx-edge-node-2",
+        "== OTA: only edge-node-2 runs nginx:1.19.2",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "expected {expected:?} in:\n{stdout}"
+        );
+    }
+}
