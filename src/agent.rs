@@ -319,14 +319,28 @@ impl Agent {
         });
         tracing::info!(node = %node, manifests = %config.manifest_dir.display(), cached_objects = last_cached.len(), "agent started");
         let running = Arc::new(InFlight::default());
+        let kubelet_token = match &config.ota.kubelet_token_file {
+            Some(path) => {
+                Some(api::read_token(path).map_err(|e| AgentError::Config(e.to_string()))?)
+            }
+            None => None,
+        };
+        let offline = ota::Offline {
+            allow: config.ota.allow_offline,
+            kubelet_pods_url: config.ota.kubelet_pods_url.clone(),
+            kubelet_token,
+        };
         let ota = Arc::new(Ota::new(
             &node,
+            client.clone(),
+            offline,
             caches.pods.clone(),
             store.clone(),
             upgrader.clone(),
             running.clone(),
             caches.changed.clone(),
         ));
+        ota.seed_desired(last_cached.clone());
         Ok(Agent {
             node,
             config,

@@ -353,13 +353,11 @@ impl Config {
             }
             Ok(_) => {}
         }
-        if !self.ota.kubelet_pods_url.starts_with("http://")
-            && !self.ota.kubelet_pods_url.starts_with("https://")
-        {
+        if !self.ota.kubelet_pods_url.starts_with("http://") {
             return Err(invalid(
                 "ota.kubeletPodsUrl",
                 format!(
-                    "expected an http:// or https:// URL, got {:?}",
+                    "expected an http:// URL (kubelet's read-only port or a local proxy; https is not supported yet), got {:?}",
                     self.ota.kubelet_pods_url
                 ),
             ));

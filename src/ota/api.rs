@@ -255,7 +255,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         ),
         Target::Healthz | Target::Readyz | Target::Pods => method_not_allowed("GET"),
         Target::Upgrade { namespace, pod } if method == Method::POST => {
-            match ota.start(namespace, pod) {
+            match ota.start(namespace, pod).await {
                 Ok(message) => text(StatusCode::OK, message),
                 Err(r) => text(
                     StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod client;
+pub mod kubelet;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -159,9 +160,24 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
+/// OTA while the API server is unreachable.
+#[derive(Debug, Clone)]
+pub struct Offline {
+    /// `ota.allowOffline`.
+    pub allow: bool,
+    /// kubelet's local pod list, read for readiness instead of the API server.
+    pub kubelet_pods_url: String,
+    pub kubelet_token: Option<String>,
+}
+
+/// How long the API server has to answer before an upgrade request is handled offline.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The OTA side of the agent, shared with the local API.
 pub struct Ota {
     pub node: String,
+    pub client: kube::Client,
+    pub offline: Offline,
     pub pods: Store<Pod>,
     pub store: Arc<ManifestStore>,
     pub upgrader: Arc<Upgrader>,
@@ -175,8 +191,11 @@ pub struct Ota {
 }
 
 impl Ota {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: &str,
+        client: kube::Client,
+        offline: Offline,
         pods: Store<Pod>,
         store: Arc<ManifestStore>,
         upgrader: Arc<Upgrader>,
@@ -185,6 +204,8 @@ impl Ota {
     ) -> Ota {
         Ota {
             node: node.to_string(),
+            client,
+            offline,
             pods,
             store,
             upgrader,
@@ -194,6 +215,23 @@ impl Ota {
             records: Mutex::new(HashMap::new()),
             synced: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The desired state cached by a previous run, until the first pass (an agent restarted
+    /// while the API server is away).
+    pub fn seed_desired(&self, desired: BTreeMap<ObjectKey, DesiredObject>) {
+        let mut current = self.desired.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_empty() {
+            *current = desired;
+        }
+    }
+
+    /// Whether the API server answers now.
+    async fn online(&self) -> bool {
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.client.apiserver_version()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Called by the agent after each pass.
@@ -270,8 +308,39 @@ impl Ota {
 
     /// `POST .../upgrade`: start the upgrade of mirror pod `namespace/pod` when one is
     /// available; the message is the 200 body.
-    pub fn start(self: &Arc<Self>, namespace: &str, pod: &str) -> Result<String, Refused> {
-        let mirror = self.pod(namespace, pod);
+    pub async fn start(self: &Arc<Self>, namespace: &str, pod: &str) -> Result<String, Refused> {
+        let online = self.online().await;
+        if !online && !self.offline.allow {
+            return Err(refused(
+                503,
+                "the API server is unreachable and ota.allowOffline is false".to_string(),
+            ));
+        }
+        let mut mirror = self.pod(namespace, pod);
+        let kubelet = if online {
+            None
+        } else {
+            let unreachable = |e: kubelet::KubeletError| {
+                refused(503, format!("the API server is unreachable; {e}"))
+            };
+            let kubelet = kubelet::KubeletPods::start(
+                &self.offline.kubelet_pods_url,
+                self.offline.kubelet_token.clone(),
+            )
+            .map_err(unreachable)?;
+            let first = kubelet.read_now().await.map_err(unreachable)?;
+            // An agent restarted offline has no pods cached: kubelet's list says what runs.
+            if mirror.is_none() {
+                mirror = first
+                    .into_iter()
+                    .find(|p| {
+                        p.metadata.namespace.as_deref() == Some(namespace)
+                            && p.metadata.name.as_deref() == Some(pod)
+                    })
+                    .map(Arc::new);
+            }
+            Some(kubelet)
+        };
         let Some(d) = self.object_of(namespace, pod) else {
             return Err(match mirror {
                 None => refused(
@@ -339,10 +408,12 @@ impl Ota {
             }
             Plan::Upgrade { .. } | Plan::UpgradeAvailable => {}
         }
-        let need = mirror
-            .as_deref()
-            .and_then(|p| condition_of(p, NEED_UPGRADE))
-            .is_some_and(|c| c.status == "True");
+        // Offline the condition cannot be kept current; the plan above is what it announces.
+        let need = !online
+            || mirror
+                .as_deref()
+                .and_then(|p| condition_of(p, NEED_UPGRADE))
+                .is_some_and(|c| c.status == "True");
         if !need {
             return Err(refused(
                 403,
@@ -369,18 +440,30 @@ impl Ota {
                     to_hash: Some(d.hash.clone()),
                     started_at: Some(now_rfc3339()),
                     finished_at: None,
-                    message: None,
+                    message: (!online)
+                        .then(|| "offline: readiness from kubelet's pod list".to_string()),
                 },
             );
         tracing::info!(object = %d.key, node = %self.node, pod, hash = %d.hash, "OTA upgrade requested through the local API");
         let answer = format!("Start updating pod {namespace}/{pod}");
         let ota = self.clone();
         let (namespace, pod) = (namespace.to_string(), pod.to_string());
+        let upgrader = match kubelet {
+            None => ota.upgrader.clone(),
+            Some(kubelet) => Arc::new(Upgrader {
+                node: ota.upgrader.node.clone(),
+                store: ota.upgrader.store.clone(),
+                mirrors: kubelet,
+                events: ota.upgrader.events.clone(),
+                failed: ota.upgrader.failed.clone(),
+                progress_deadline: ota.upgrader.progress_deadline,
+                lease_duration: ota.upgrader.lease_duration,
+            }),
+        };
         tokio::spawn(async move {
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
-            let result = ota
-                .upgrader
+            let result = upgrader
                 .upgrade(&d, None, superseded, || {
                     ota.set_record(&namespace, &pod, |r| r.phase = Phase::WaitingReady)
                 })
@@ -398,7 +481,10 @@ impl Ota {
             };
             ota.set_record(&namespace, &pod, |r| {
                 r.phase = phase;
-                r.message = message;
+                r.message = match (r.message.take(), message) {
+                    (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                    (a, b) => a.or(b),
+                };
                 r.finished_at = Some(now_rfc3339());
             });
             ota.running.end(&d.manifest);

@@ -323,6 +323,11 @@ impl Env {
     /// Spawn `staticpod-puller --config <file> run` for a node (stderr appended to its log).
     fn spawn_agent(&self, node: &str, settings: Settings) -> AgentProc {
         let config = self.write_config(node, settings, "run");
+        self.spawn_agent_with(node, &config)
+    }
+
+    /// Spawn `staticpod-puller --config <config> run` for a node.
+    fn spawn_agent_with(&self, node: &str, config: &Path) -> AgentProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -330,7 +335,7 @@ impl Env {
             .expect("the agent log file");
         let child = Command::new(support::binary())
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .arg("run")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -2202,4 +2207,56 @@ fn demo_strategy_ota_upgrades_only_the_node_asked_through_its_local_api() {
             "expected {expected:?} in:\n{stdout}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ota_upgrades_offline_reading_readiness_from_kubelets_pod_list() {
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(ota_static_pod(OLD_IMAGE)).await;
+    env.start_controller();
+    let node = env.nodes()[0].clone();
+    let kubelet_pods = env
+        .cluster
+        .node(&node)
+        .expect("the node")
+        .kubelet
+        .pods_url();
+    let config = env.write_config_with(
+        &node,
+        Settings::patient(),
+        "offline",
+        &format!("localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {kubelet_pods}\n"),
+    );
+    let agent = env.spawn_agent_with(&node, &config);
+    env.agents.insert(node.clone(), agent);
+    let (_, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    env.wait_need_upgrade(&node, "True").await;
+    let api = env.local_api(&node).await;
+    let pod = format!("nginx-{node}");
+    wait_agent_sees_need(&env, &api, &pod).await;
+
+    // The API server is cut off from this node's agent: the upgrade runs from the cached
+    // desired state, and readiness comes from kubelet.
+    let faults = env.cluster.api().faults().clone();
+    let user = staticpod_puller::sim::cluster::agent_user(&node);
+    faults.partition(&user);
+    let (status, body) = call(&api, "POST", &upgrade_path(&pod)).await;
+    assert_eq!(status, 200, "offline upgrade request: {body}");
+    let record = wait_phase(&env, &api, &pod, "succeeded").await;
+    assert!(
+        record["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("offline")),
+        "the state says it ran offline: {record}"
+    );
+    assert_eq!(
+        file_hash(&env.manifest(&node, "nginx")).as_deref(),
+        Some(new_hash.as_str())
+    );
+    // GET /pods still answers, from the agent's cache.
+    let (status, _) = call(&api, "GET", "/pods").await;
+    assert_eq!(status, 200, "GET /pods while the API server is unreachable");
+    faults.heal(&user);
+    env.wait_need_upgrade(&node, "False").await;
 }
