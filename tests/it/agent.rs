@@ -2260,3 +2260,120 @@ async fn ota_upgrades_offline_reading_readiness_from_kubelets_pod_list() {
     faults.heal(&user);
     env.wait_need_upgrade(&node, "False").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_need_upgrade_is_set_again_when_kubelet_recreates_the_mirror_pod() {
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(ota_static_pod(OLD_IMAGE)).await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    let node = env.nodes()[0].clone();
+    env.set_image("nginx", NEW_IMAGE).await;
+    env.wait_need_upgrade(&node, "True").await;
+
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), NS);
+    let name = format!("nginx-{node}");
+    let old_uid = pods.get(&name).await.expect("the mirror pod").metadata.uid;
+    pods.delete(&name, &Default::default())
+        .await
+        .expect("deleting the mirror pod");
+    env.wait(
+        "kubelet's new mirror pod with PodNeedUpgrade=True again",
+        Duration::from_secs(20),
+        async || {
+            let pod = pods.get(&name).await.map_err(|e| e.to_string())?;
+            let need = need_upgrade(env.store(), "nginx", &node);
+            if pod.metadata.uid != old_uid && need.as_deref() == Some("True") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "uid {:?}, PodNeedUpgrade {need:?}",
+                    pod.metadata.uid
+                ))
+            }
+        },
+    )
+    .await;
+}
+
+/// `staticpod-puller --config <config> <args>`; (exit success, stdout, stderr).
+async fn cli(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(support::binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .await
+        .expect("running the CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_and_upgrade_wait_talk_to_the_agent_over_a_unix_socket() {
+    const BROKEN: &str = "nginx:never-ready";
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.cluster.set_broken_image(BROKEN, true);
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(ota_static_pod(OLD_IMAGE)).await;
+    env.start_controller();
+    let node = env.nodes()[0].clone();
+    let socket = env.dir.path().join("local-api.sock");
+    let config = env.write_config_with(
+        &node,
+        Settings::deadline(Duration::from_secs(3)),
+        "socket",
+        &format!("localApi:\n  listen: {}\n", socket.display()),
+    );
+    let agent = env.spawn_agent_with(&node, &config);
+    env.agents.insert(node.clone(), agent);
+    let pod = format!("nginx-{node}");
+
+    for (image, outcome) in [(NEW_IMAGE, "succeeded"), (BROKEN, "rolled-back")] {
+        let (_, hash) = env.set_image("nginx", image).await;
+        let table = env
+            .wait(
+                "`pods` showing the upgrade available",
+                Duration::from_secs(20),
+                async || {
+                    let (ok, out, err) = cli(&config, &["pods"]).await;
+                    let row = out.lines().find(|l| l.contains(&pod)).unwrap_or_default();
+                    if ok && row.ends_with("True") {
+                        Ok(out)
+                    } else {
+                        Err(format!("{out}{err}"))
+                    }
+                },
+            )
+            .await;
+        assert!(
+            table.starts_with("NAMESPACE") && table.contains("NEED-UPGRADE"),
+            "{table}"
+        );
+        let (ok, out, err) = cli(&config, &["upgrade", &format!("{NS}/{pod}"), "--wait"]).await;
+        assert!(
+            out.contains(&format!("Start updating pod {NS}/{pod}")) && out.contains(outcome),
+            "upgrade --wait to {image}: {out}{err}"
+        );
+        assert_eq!(
+            ok,
+            outcome == "succeeded",
+            "exit status of upgrade --wait ending {outcome}: {out}{err}"
+        );
+        if outcome == "succeeded" {
+            assert_eq!(
+                file_hash(&env.manifest(&node, "nginx")).as_deref(),
+                Some(hash.as_str())
+            );
+        }
+    }
+    let (ok, _, err) = cli(&config, &["upgrade", "no-slash-here"]).await;
+    assert!(
+        !ok && err.contains("expected NAMESPACE/PODNAME"),
+        "a malformed argument: {err}"
+    );
+}
