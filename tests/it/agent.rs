@@ -2055,6 +2055,26 @@ async fn the_local_api_answers_like_yurthub() {
     let (status, body) = call(&api, "POST", &upgrade_path(&format!("other-{node}"))).await;
     assert_eq!(status, 403, "non-member pod: {body}");
     assert!(body.contains("not managed"), "{body}");
+    // Managed, but by a rolling (not OTA) object.
+    std::fs::write(env.manifest(&node, "web"), hand_placed("web", OLD_IMAGE))
+        .expect("placing web.yaml");
+    env.create(static_pod("web", "web", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.wait(
+        "the agent to know StaticPod web and its pod",
+        Duration::from_secs(20),
+        async || match call(&api, "POST", &upgrade_path(&format!("web-{node}"))).await {
+            (403, body) if body.contains("not OTA-managed") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let (status, body) = call(&api, "GET", "/readyz").await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "ok"),
+        "readyz once the agent has run a pass"
+    );
     // Unknown pod.
     let (status, body) = call(&api, "POST", &upgrade_path("nothing-here")).await;
     assert_eq!(status, 404, "unknown pod: {body}");
