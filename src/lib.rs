@@ -1,6 +1,7 @@
 //! staticpod-puller: keeps an edge node's static pods in the state its operators declared.
 
 pub mod agent;
+pub mod bundle;
 pub mod config;
 pub mod controller;
 pub mod demo;

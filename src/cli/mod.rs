@@ -1,6 +1,7 @@
 //! Command-line interface: global flags, logging, and dispatch to one module per subcommand.
 
 mod agent;
+mod bundle;
 mod config;
 mod controller;
 mod crd;
@@ -47,6 +48,8 @@ enum Command {
     Config(config::Args),
     /// Run the embedded dev cluster (in-memory API server and simulated kubelets).
     Demo(demo::Args),
+    /// Offline bundles: keygen, sign, verify, inspect.
+    Bundle(bundle::Args),
     /// This node's pods, from the local agent (NAME READY STATUS HASH NEED-UPGRADE).
     Pods(local::PodsArgs),
     /// Start an OTA upgrade of one static pod through the local agent's API.
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Crd(args) => crd::run(args),
         Command::Config(args) => config::run(args, config),
         Command::Demo(args) => demo::run(args),
+        Command::Bundle(args) => bundle::run(args),
         Command::Pods(args) => local::pods(args, config),
         Command::Upgrade(args) => local::upgrade(args, config),
     };
