@@ -2397,3 +2397,58 @@ async fn pods_and_upgrade_wait_talk_to_the_agent_over_a_unix_socket() {
         "a malformed argument: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_manifest_is_reported_and_the_node_leaves_membership() {
+    let (env, node, _, _) = upgraded_pair().await;
+    let file = env.manifest(&node, "nginx");
+    std::fs::remove_file(&file).expect("removing the managed manifest");
+    let reported = env
+        .wait(
+            "a DriftDetected event for the removal",
+            Duration::from_secs(10),
+            async || {
+                let events = env.events("DriftDetected").await?;
+                events
+                    .into_iter()
+                    .find(|e| {
+                        e.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("removed on the node"))
+                    })
+                    .ok_or_else(|| "none yet".to_string())
+            },
+        )
+        .await;
+    let message = reported.message.unwrap_or_default();
+    assert!(
+        message.contains(&node),
+        "the event names the node: {message}"
+    );
+    // The agent never creates a member's file: the node is simply no longer a member.
+    env.holds(
+        "the removed manifest stays removed",
+        Duration::from_secs(2),
+        async || {
+            if file.exists() {
+                Err("recreated".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let api = env.static_pods();
+    env.wait(
+        "the status counting one member",
+        Duration::from_secs(20),
+        async || {
+            let sp = api.get("nginx").await.map_err(|e| e.to_string())?;
+            match sp.status.map(|s| s.total_number) {
+                Some(1) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
