@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, DriftMode};
 use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
+use crate::desired::drop::{DropDir, Dropped};
 use crate::desired::{DesiredObject, ObjectKey, Refusal, Strategy, cache, cluster};
 use crate::kubeclient::reflect;
 use crate::manifest::store::{ManifestStore, StoreError};
@@ -226,6 +227,71 @@ fn changes_manifests(event: &notify::Event) -> bool {
             }))
 }
 
+/// Upgrade each member of a bundle's objects that is behind, without slots, reading readiness
+/// from kubelet's pod list.
+fn apply_bundle(
+    upgrader: &Arc<Upgrader>,
+    running: &Arc<InFlight>,
+    store: &Arc<ManifestStore>,
+    changed: &Arc<Notify>,
+    (url, token): &(String, Option<String>),
+    objects: Vec<DesiredObject>,
+) {
+    let failed = upgrader.failed.snapshot();
+    for d in objects {
+        let local = match store.read(&d.manifest) {
+            Ok(Some(local)) => local,
+            Ok(None) => {
+                tracing::info!(object = %d.key, "bundle item: this node is not a member");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(object = %d.key, error = %e, "bundle item: reading the manifest");
+                continue;
+            }
+        };
+        match plan(&d, Some(&local), None, &failed) {
+            Plan::Upgrade { .. } | Plan::UpgradeAvailable | Plan::Drifted => {}
+            other => {
+                tracing::info!(object = %d.key, plan = ?other, "bundle item: nothing to do");
+                continue;
+            }
+        }
+        let Some(latest) = running.begin(&d.manifest, &d.hash) else {
+            tracing::warn!(object = %d.key, "bundle item: an upgrade of it is running; skipped");
+            continue;
+        };
+        let kubelet = match crate::ota::kubelet::KubeletPods::start(url, token.clone()) {
+            Ok(k) => k,
+            Err(e) => {
+                running.end(&d.manifest);
+                tracing::error!(object = %d.key, error = %e, "bundle item: cannot read readiness");
+                continue;
+            }
+        };
+        let offline_upgrader = Upgrader {
+            node: upgrader.node.clone(),
+            store: upgrader.store.clone(),
+            mirrors: kubelet,
+            events: upgrader.events.clone(),
+            failed: upgrader.failed.clone(),
+            progress_deadline: upgrader.progress_deadline,
+            lease_duration: upgrader.lease_duration,
+        };
+        let (running, changed) = (running.clone(), changed.clone());
+        tokio::spawn(async move {
+            let target = d.hash.clone();
+            let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
+            match offline_upgrader.upgrade(&d, None, superseded, || {}).await {
+                Ok(outcome) => tracing::info!(object = %d.key, ?outcome, "bundle item applied"),
+                Err(e) => tracing::error!(object = %d.key, error = %e, "bundle item failed"),
+            }
+            running.end(&d.manifest);
+            changed.notify_one();
+        });
+    }
+}
+
 /// Something not converged after a pass.
 struct Pending {
     what: String,
@@ -359,6 +425,71 @@ impl Agent {
             member_counts: HashMap::new(),
             ota,
         })
+    }
+
+    /// Watch `bundle.dropDir` (when set): verify each complete file, move it to processed/ or
+    /// rejected/, and apply accepted bundles' items to this node's members at once, with
+    /// readiness from kubelet's pod list (they must work with the API server away).
+    pub fn watch_drop_dir(&self) -> Result<(), AgentError> {
+        let settings = &self.config.bundle;
+        if settings.drop_dir.is_empty() {
+            return Ok(());
+        }
+        let policy = crate::bundle::TrustPolicy::load(&settings.trusted_keys, settings.threshold)
+            .map_err(|e| AgentError::Config(format!("bundle.trustedKeys: {e}")))?;
+        let mut drop_dir = DropDir::open(
+            std::path::Path::new(&settings.drop_dir),
+            policy,
+            &self.config.state_dir,
+        )
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+        let (node, node_cache) = (self.node.clone(), self.caches.node.clone());
+        let (upgrader, running, store, changed) = (
+            self.upgrader.clone(),
+            self.running.clone(),
+            self.store.clone(),
+            self.caches.changed.clone(),
+        );
+        let kubelet = (
+            self.config.ota.kubelet_pods_url.clone(),
+            self.ota.offline.kubelet_token.clone(),
+        );
+        tracing::info!(node = %node, dir = %settings.drop_dir, "watching the bundle drop directory");
+        tokio::spawn(async move {
+            loop {
+                let labels = node_cache
+                    .state()
+                    .first()
+                    .and_then(|n| n.metadata.labels.clone())
+                    .unwrap_or_default();
+                for result in drop_dir.scan(&node, &labels, Instant::now()) {
+                    match result {
+                        Err(e) => tracing::error!(node = %node, error = %e, "drop directory"),
+                        Ok(Dropped::Rejected {
+                            file,
+                            reason,
+                            message,
+                        }) => {
+                            tracing::warn!(node = %node, file = %file.display(), reason, %message, "bundle rejected")
+                        }
+                        Ok(Dropped::Accepted {
+                            file,
+                            sequence,
+                            objects,
+                            refused,
+                        }) => {
+                            tracing::info!(node = %node, file = %file.display(), sequence, objects = objects.len(), "bundle accepted");
+                            for r in refused {
+                                tracing::warn!(node = %node, sequence, item = %r, "bundle item refused; nothing written for it");
+                            }
+                            apply_bundle(&upgrader, &running, &store, &changed, &kubelet, objects);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Ok(())
     }
 
     /// Start the node-local API (`localApi.listen`), and write the address it bound to

@@ -50,7 +50,20 @@ pub struct Config {
     pub drift: Drift,
     pub local_api: LocalApi,
     pub ota: Ota,
+    pub bundle: Bundle,
     pub log: Log,
+}
+
+/// Signed bundles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Bundle {
+    /// A directory where dropped bundle files are verified and applied; empty: none.
+    pub drop_dir: String,
+    /// Public keys (PEM) trusted to sign bundles.
+    pub trusted_keys: Vec<PathBuf>,
+    /// How many distinct trusted keys must have signed a bundle.
+    pub threshold: usize,
 }
 
 /// The node-local API (YurtHub's OTA paths).
@@ -131,6 +144,7 @@ impl Default for Config {
             drift: Drift::default(),
             local_api: LocalApi::default(),
             ota: Ota::default(),
+            bundle: Bundle::default(),
             log: Log::default(),
         }
     }
@@ -149,6 +163,16 @@ impl Default for Drift {
     fn default() -> Self {
         Drift {
             mode: DriftMode::Restore,
+        }
+    }
+}
+
+impl Default for Bundle {
+    fn default() -> Self {
+        Bundle {
+            drop_dir: String::new(),
+            trusted_keys: Vec::new(),
+            threshold: 1,
         }
     }
 }
@@ -361,6 +385,31 @@ impl Config {
                     self.ota.kubelet_pods_url
                 ),
             ));
+        }
+        if !self.bundle.drop_dir.is_empty() {
+            if !Path::new(&self.bundle.drop_dir).is_absolute() {
+                return Err(invalid(
+                    "bundle.dropDir",
+                    format!("expected an absolute path, got {:?}", self.bundle.drop_dir),
+                ));
+            }
+            if self.bundle.trusted_keys.is_empty() {
+                return Err(invalid(
+                    "bundle.trustedKeys",
+                    "a drop directory needs at least one trusted public key".to_string(),
+                ));
+            }
+            if self.bundle.threshold == 0 || self.bundle.threshold > self.bundle.trusted_keys.len()
+            {
+                return Err(invalid(
+                    "bundle.threshold",
+                    format!(
+                        "must be between 1 and the number of trusted keys ({}), got {}",
+                        self.bundle.trusted_keys.len(),
+                        self.bundle.threshold
+                    ),
+                ));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod cluster;
+pub mod drop;
 
 use std::fmt;
 

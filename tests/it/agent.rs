@@ -2452,3 +2452,150 @@ async fn a_removed_manifest_is_reported_and_the_node_leaves_membership() {
     )
     .await;
 }
+
+// --- Bundles dropped on the node -----------------------------------------------------------
+
+const BUNDLE_ITEMS: &str = "\
+apiVersion: apps.openyurt.io/v1alpha1
+kind: StaticPod
+metadata:
+  name: nginx
+  namespace: default
+spec:
+  staticPodManifest: nginx
+  upgradeStrategy:
+    type: AdvancedRollingUpdate
+  template:
+    metadata:
+      name: nginx
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.19.2
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_with_a_reason() {
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let node = env.nodes()[0].clone();
+    let d = env.dir.path().to_path_buf();
+    let bin = |args: &[&str]| {
+        let out = Command::new(support::binary())
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .expect("running the CLI");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    bin(&["bundle", "keygen", "--out", "ops"]);
+    bin(&["bundle", "keygen", "--out", "stranger"]);
+    std::fs::write(d.join("items.yaml"), BUNDLE_ITEMS).expect("writing items");
+    bin(&[
+        "bundle",
+        "sign",
+        "--key",
+        "ops.key",
+        "--sequence",
+        "5",
+        "--node",
+        &node,
+        "items.yaml",
+        "-o",
+        "good.bundle",
+    ]);
+    bin(&[
+        "bundle",
+        "sign",
+        "--key",
+        "stranger.key",
+        "--sequence",
+        "6",
+        "items.yaml",
+        "-o",
+        "forged.bundle",
+    ]);
+    let drop_dir = d.join("drop");
+    let kubelet_pods = env
+        .cluster
+        .node(&node)
+        .expect("the node")
+        .kubelet
+        .pods_url();
+    let config = env.write_config_with(
+        &node,
+        Settings::patient(),
+        "bundles",
+        &format!(
+            "localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {kubelet_pods}\nbundle:\n  dropDir: {}\n  trustedKeys: [{}]\n",
+            drop_dir.display(),
+            d.join("ops.pub").display()
+        ),
+    );
+    let agent = env.spawn_agent_with(&node, &config);
+    env.agents.insert(node.clone(), agent);
+    let sp: StaticPod = serde_saphyr::from_str(BUNDLE_ITEMS).expect("the items");
+    let new_hash = template_hash(&sp.spec.template);
+
+    // Copied under a dot name, then renamed into place: read once complete.
+    env.wait("the drop directory", Duration::from_secs(20), async || {
+        if drop_dir.join("processed").is_dir() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    std::fs::copy(d.join("good.bundle"), drop_dir.join(".good.bundle.part")).expect("copying");
+    std::fs::rename(
+        drop_dir.join(".good.bundle.part"),
+        drop_dir.join("good.bundle"),
+    )
+    .expect("renaming into place");
+    env.wait(
+        "the dropped bundle applied and moved to processed/",
+        Duration::from_secs(30),
+        async || {
+            let processed = drop_dir.join("processed/good.bundle").exists();
+            match mirror(env.store(), "nginx", &node) {
+                Some(m) if processed && m.ready && m.hash.as_deref() == Some(&new_hash) => Ok(()),
+                other => Err(format!("processed {processed}, mirror {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        file_hash(&env.manifest(&node, "nginx")).as_deref(),
+        Some(new_hash.as_str())
+    );
+
+    // The same bundle again (replay), and one signed by an untrusted key.
+    std::fs::copy(d.join("good.bundle"), drop_dir.join("again.bundle")).expect("copying");
+    std::fs::copy(d.join("forged.bundle"), drop_dir.join("forged.bundle")).expect("copying");
+    for (name, reason) in [("again.bundle", "replayed"), ("forged.bundle", "")] {
+        let reason_file = drop_dir.join(format!("rejected/{name}.reason"));
+        let text = env
+            .wait(
+                &format!("{name} rejected with a reason"),
+                Duration::from_secs(20),
+                async || std::fs::read_to_string(&reason_file).map_err(|e| e.to_string()),
+            )
+            .await;
+        assert!(
+            drop_dir.join("rejected").join(name).exists() && text.contains(reason),
+            "{name}: {text}"
+        );
+        if name == "forged.bundle" {
+            assert!(
+                text.starts_with("bad_signature") || text.starts_with("threshold"),
+                "an untrusted signer: {text}"
+            );
+        } else {
+            assert!(text.contains("sequence 5"), "the replay says why: {text}");
+        }
+    }
+}
