@@ -1836,6 +1836,15 @@ fn need_upgrade(store: &Store, name: &str, node: &str) -> Option<String> {
 }
 
 impl Env {
+    /// The simulated kubelet's local pod list of `node` (its `/pods`).
+    fn kubelet_pods_url(&self, node: &str) -> String {
+        self.cluster
+            .node(node)
+            .unwrap_or_else(|| panic!("no node {node}"))
+            .kubelet
+            .pods_url()
+    }
+
     /// A client of `node`'s local API (the agent wrote the port it bound into its state dir).
     async fn local_api(&self, node: &str) -> staticpod_puller::ota::client::LocalClient {
         let mut config = staticpod_puller::config::Config::default();
@@ -2236,12 +2245,7 @@ async fn ota_upgrades_offline_reading_readiness_from_kubelets_pod_list() {
     env.create(ota_static_pod(OLD_IMAGE)).await;
     env.start_controller();
     let node = env.nodes()[0].clone();
-    let kubelet_pods = env
-        .cluster
-        .node(&node)
-        .expect("the node")
-        .kubelet
-        .pods_url();
+    let kubelet_pods = env.kubelet_pods_url(&node);
     let config = env.write_config_with(
         &node,
         Settings::patient(),
@@ -2520,12 +2524,7 @@ async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_wit
         "forged.bundle",
     ]);
     let drop_dir = d.join("drop");
-    let kubelet_pods = env
-        .cluster
-        .node(&node)
-        .expect("the node")
-        .kubelet
-        .pods_url();
+    let kubelet_pods = env.kubelet_pods_url(&node);
     let config = env.write_config_with(
         &node,
         Settings::patient(),
