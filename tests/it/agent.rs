@@ -551,6 +551,23 @@ impl Env {
             .collect())
     }
 
+    /// Wait for an Event with `reason` whose message contains `text`; returns the message.
+    async fn wait_event(&self, reason: &str, text: &str) -> String {
+        self.wait(
+            &format!("a {reason} event saying {text:?}"),
+            Duration::from_secs(10),
+            async || {
+                self.events(reason)
+                    .await?
+                    .into_iter()
+                    .filter_map(|e| e.message)
+                    .find(|m| m.contains(text))
+                    .ok_or_else(|| "none yet".to_string())
+            },
+        )
+        .await
+    }
+
     /// Wait until every node's agent has cached the object at this hash (it has run a pass
     /// with it: the cache is saved at the start of the pass that plans with it).
     async fn wait_agents_saw(&self, hash: &str) {
@@ -1607,21 +1624,7 @@ async fn a_hand_edit_is_restored_and_editor_temp_files_change_nothing() {
     )
     .await;
     assert_eq!(file_hash(&file).as_deref(), Some(new_hash.as_str()));
-    let restored = env
-        .wait(
-            "a DriftRestored event",
-            Duration::from_secs(10),
-            async || {
-                let events = env.events("DriftRestored").await?;
-                if events.is_empty() {
-                    Err("none yet".to_string())
-                } else {
-                    Ok(events)
-                }
-            },
-        )
-        .await;
-    let message = restored[0].message.clone().unwrap_or_default();
+    let message = env.wait_event("DriftRestored", "edited on the node").await;
     assert!(
         message.contains(&node) && message.contains("edited on the node"),
         "the event names the node and what happened: {message}"
@@ -1635,21 +1638,7 @@ async fn with_drift_mode_report_a_hand_edit_is_left_and_reported() {
     let desired = std::fs::read_to_string(&file).expect("reading the managed manifest");
     let edited = desired.replace(NEW_IMAGE, "nginx:hand-edited");
     std::fs::write(&file, &edited).expect("editing the manifest by hand");
-    let detected = env
-        .wait(
-            "a DriftDetected event",
-            Duration::from_secs(10),
-            async || {
-                let events = env.events("DriftDetected").await?;
-                if events.is_empty() {
-                    Err("none yet".to_string())
-                } else {
-                    Ok(events)
-                }
-            },
-        )
-        .await;
-    let message = detected[0].message.clone().unwrap_or_default();
+    let message = env.wait_event("DriftDetected", "left as is").await;
     assert!(
         message.contains(&node) && message.contains("left as is"),
         "the event names the node and says the edit was kept: {message}"
@@ -2407,24 +2396,7 @@ async fn a_removed_manifest_is_reported_and_the_node_leaves_membership() {
     let (env, node, _, _) = upgraded_pair().await;
     let file = env.manifest(&node, "nginx");
     std::fs::remove_file(&file).expect("removing the managed manifest");
-    let reported = env
-        .wait(
-            "a DriftDetected event for the removal",
-            Duration::from_secs(10),
-            async || {
-                let events = env.events("DriftDetected").await?;
-                events
-                    .into_iter()
-                    .find(|e| {
-                        e.message
-                            .as_deref()
-                            .is_some_and(|m| m.contains("removed on the node"))
-                    })
-                    .ok_or_else(|| "none yet".to_string())
-            },
-        )
-        .await;
-    let message = reported.message.unwrap_or_default();
+    let message = env.wait_event("DriftDetected", "removed on the node").await;
     assert!(
         message.contains(&node),
         "the event names the node: {message}"
