@@ -269,15 +269,7 @@ fn apply_bundle(
                 continue;
             }
         };
-        let offline_upgrader = Upgrader {
-            node: upgrader.node.clone(),
-            store: upgrader.store.clone(),
-            mirrors: kubelet,
-            events: upgrader.events.clone(),
-            failed: upgrader.failed.clone(),
-            progress_deadline: upgrader.progress_deadline,
-            lease_duration: upgrader.lease_duration,
-        };
+        let offline_upgrader = upgrader.with_mirrors(kubelet);
         let (running, changed) = (running.clone(), changed.clone());
         tokio::spawn(async move {
             let target = d.hash.clone();

@@ -450,15 +450,7 @@ impl Ota {
         let (namespace, pod) = (namespace.to_string(), pod.to_string());
         let upgrader = match kubelet {
             None => ota.upgrader.clone(),
-            Some(kubelet) => Arc::new(Upgrader {
-                node: ota.upgrader.node.clone(),
-                store: ota.upgrader.store.clone(),
-                mirrors: kubelet,
-                events: ota.upgrader.events.clone(),
-                failed: ota.upgrader.failed.clone(),
-                progress_deadline: ota.upgrader.progress_deadline,
-                lease_duration: ota.upgrader.lease_duration,
-            }),
+            Some(kubelet) => Arc::new(ota.upgrader.with_mirrors(kubelet)),
         };
         tokio::spawn(async move {
             let target = d.hash.clone();

@@ -161,6 +161,19 @@ pub struct Upgrader {
 }
 
 impl Upgrader {
+    /// The same upgrader reading pod state from `mirrors` (kubelet's pod list, offline).
+    pub fn with_mirrors(&self, mirrors: Arc<dyn MirrorPods>) -> Upgrader {
+        Upgrader {
+            node: self.node.clone(),
+            store: self.store.clone(),
+            mirrors,
+            events: self.events.clone(),
+            failed: self.failed.clone(),
+            progress_deadline: self.progress_deadline,
+            lease_duration: self.lease_duration,
+        }
+    }
+
     /// Run an upgrade to `desired`, holding `slot` (if any) until it ends: the slot is renewed
     /// while waiting and released before the outcome is reported, so the next node starts as
     /// early as possible. `superseded` is asked while waiting whether a newer template replaced
