@@ -333,6 +333,8 @@ pub struct Agent {
     member_counts: HashMap<ObjectKey, (Instant, usize)>,
     /// OTA: announcements and upgrades asked for through the local API.
     ota: Arc<Ota>,
+    /// Set with trust.requireSignedTemplates: the keys object signatures must verify against.
+    template_policy: Option<crate::bundle::TrustPolicy>,
 }
 
 impl Agent {
@@ -399,6 +401,17 @@ impl Agent {
             caches.changed.clone(),
         ));
         ota.seed_desired(last_cached.clone());
+        let template_policy = if config.trust.require_signed_templates {
+            Some(
+                crate::bundle::TrustPolicy::load(
+                    &config.trust.trusted_keys,
+                    config.trust.threshold,
+                )
+                .map_err(|e| AgentError::Config(format!("trust.trustedKeys: {e}")))?,
+            )
+        } else {
+            None
+        };
         Ok(Agent {
             node,
             config,
@@ -416,6 +429,7 @@ impl Agent {
             last_cached,
             member_counts: HashMap::new(),
             ota,
+            template_policy,
         })
     }
 
@@ -427,8 +441,9 @@ impl Agent {
         if settings.drop_dir.is_empty() {
             return Ok(());
         }
-        let policy = crate::bundle::TrustPolicy::load(&settings.trusted_keys, settings.threshold)
-            .map_err(|e| AgentError::Config(format!("bundle.trustedKeys: {e}")))?;
+        let trust = &self.config.trust;
+        let policy = crate::bundle::TrustPolicy::load(&trust.trusted_keys, trust.threshold)
+            .map_err(|e| AgentError::Config(format!("trust.trustedKeys: {e}")))?;
         let mut drop_dir = DropDir::open(
             std::path::Path::new(&settings.drop_dir),
             policy,
@@ -577,14 +592,40 @@ impl Agent {
         let mut refusals = Vec::new();
         let static_pods = self.caches.static_pods.state();
         let yurt_static_sets = self.caches.yurt_static_sets.state();
+        // With trust.requireSignedTemplates, an object acts only with a valid signature over
+        // its kind, namespace, name and template.
+        let signed = |d: DesiredObject, meta: &kube::api::ObjectMeta, template| {
+            let Some(policy) = &self.template_policy else {
+                return Ok(d);
+            };
+            let annotation = meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::bundle::template::ANNOTATION));
+            crate::bundle::template::verify(
+                policy,
+                annotation.map(String::as_str),
+                d.key.kind.name(),
+                &d.key.namespace,
+                &d.key.name,
+                template,
+            )
+            .map(|()| d.clone())
+            .map_err(|reason| Refusal {
+                key: d.key.clone(),
+                uid: d.uid.clone(),
+                reason: format!("{reason} (trust.requireSignedTemplates)"),
+            })
+        };
         let candidates = static_pods
             .iter()
-            .map(|o| cluster::from_static_pod(o))
-            .chain(
-                yurt_static_sets
-                    .iter()
-                    .map(|o| cluster::from_yurt_static_set(o)),
-            )
+            .map(|o| {
+                cluster::from_static_pod(o).and_then(|d| signed(d, &o.metadata, &o.spec.template))
+            })
+            .chain(yurt_static_sets.iter().map(|o| {
+                cluster::from_yurt_static_set(o)
+                    .and_then(|d| signed(d, &o.metadata, &o.spec.template))
+            }))
             .filter(|r| match r {
                 Ok(d) => {
                     self.config.namespaces.is_empty()

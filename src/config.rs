@@ -51,19 +51,28 @@ pub struct Config {
     pub local_api: LocalApi,
     pub ota: Ota,
     pub bundle: Bundle,
+    pub trust: Trust,
     pub log: Log,
 }
 
 /// Signed bundles.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Bundle {
     /// A directory where dropped bundle files are verified and applied; empty: none.
     pub drop_dir: String,
-    /// Public keys (PEM) trusted to sign bundles.
+}
+
+/// Whom the agent trusts to sign bundles and templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Trust {
+    /// Public keys (PEM) trusted to sign.
     pub trusted_keys: Vec<PathBuf>,
-    /// How many distinct trusted keys must have signed a bundle.
+    /// How many distinct trusted keys must have signed.
     pub threshold: usize,
+    /// Act only on StaticPod / YurtStaticSet objects carrying a valid signature annotation.
+    pub require_signed_templates: bool,
 }
 
 /// The node-local API (YurtHub's OTA paths).
@@ -145,6 +154,7 @@ impl Default for Config {
             local_api: LocalApi::default(),
             ota: Ota::default(),
             bundle: Bundle::default(),
+            trust: Trust::default(),
             log: Log::default(),
         }
     }
@@ -167,12 +177,12 @@ impl Default for Drift {
     }
 }
 
-impl Default for Bundle {
+impl Default for Trust {
     fn default() -> Self {
-        Bundle {
-            drop_dir: String::new(),
+        Trust {
             trusted_keys: Vec::new(),
             threshold: 1,
+            require_signed_templates: false,
         }
     }
 }
@@ -386,30 +396,38 @@ impl Config {
                 ),
             ));
         }
-        if !self.bundle.drop_dir.is_empty() {
-            if !Path::new(&self.bundle.drop_dir).is_absolute() {
-                return Err(invalid(
-                    "bundle.dropDir",
-                    format!("expected an absolute path, got {:?}", self.bundle.drop_dir),
-                ));
-            }
-            if self.bundle.trusted_keys.is_empty() {
-                return Err(invalid(
-                    "bundle.trustedKeys",
-                    "a drop directory needs at least one trusted public key".to_string(),
-                ));
-            }
-            if self.bundle.threshold == 0 || self.bundle.threshold > self.bundle.trusted_keys.len()
-            {
-                return Err(invalid(
-                    "bundle.threshold",
-                    format!(
-                        "must be between 1 and the number of trusted keys ({}), got {}",
-                        self.bundle.trusted_keys.len(),
-                        self.bundle.threshold
-                    ),
-                ));
-            }
+        if !self.bundle.drop_dir.is_empty() && !Path::new(&self.bundle.drop_dir).is_absolute() {
+            return Err(invalid(
+                "bundle.dropDir",
+                format!("expected an absolute path, got {:?}", self.bundle.drop_dir),
+            ));
+        }
+        let needs_keys = if !self.bundle.drop_dir.is_empty() {
+            Some("a drop directory (bundle.dropDir)")
+        } else if self.trust.require_signed_templates {
+            Some("trust.requireSignedTemplates")
+        } else {
+            None
+        };
+        if let Some(what) = needs_keys
+            && self.trust.trusted_keys.is_empty()
+        {
+            return Err(invalid(
+                "trust.trustedKeys",
+                format!("{what} needs at least one trusted public key"),
+            ));
+        }
+        if !self.trust.trusted_keys.is_empty()
+            && (self.trust.threshold == 0 || self.trust.threshold > self.trust.trusted_keys.len())
+        {
+            return Err(invalid(
+                "trust.threshold",
+                format!(
+                    "must be between 1 and the number of trusted keys ({}), got {}",
+                    self.trust.trusted_keys.len(),
+                    self.trust.threshold
+                ),
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(

@@ -34,6 +34,7 @@ pub mod dsse;
 pub mod keys;
 pub mod payload;
 pub mod policy;
+pub mod template;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::Value;

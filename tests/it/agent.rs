@@ -2502,7 +2502,7 @@ async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_wit
         Settings::patient(),
         "bundles",
         &format!(
-            "localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {kubelet_pods}\nbundle:\n  dropDir: {}\n  trustedKeys: [{}]\n",
+            "localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {kubelet_pods}\nbundle:\n  dropDir: {}\ntrust:\n  trustedKeys: [{}]\n",
             drop_dir.display(),
             d.join("ops.pub").display()
         ),
@@ -2569,4 +2569,74 @@ async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_wit
             assert!(text.contains("sequence 5"), "the replay says why: {text}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_signed_templates_required_only_a_validly_signed_object_is_acted_on() {
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let node = env.nodes()[0].clone();
+    let d = env.dir.path().to_path_buf();
+    let cli_ok = |args: &[&str]| {
+        let out = Command::new(support::binary())
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .expect("running the CLI");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli_ok(&["bundle", "keygen", "--out", "ops"]);
+    let config = env.write_config_with(
+        &node,
+        Settings::patient(),
+        "signed",
+        &format!(
+            "localApi:\n  listen: 127.0.0.1:0\ntrust:\n  trustedKeys: [{}]\n  requireSignedTemplates: true\n",
+            d.join("ops.pub").display()
+        ),
+    );
+    let agent = env.spawn_agent_with(&node, &config);
+    env.agents.insert(node.clone(), agent);
+    let file = env.manifest(&node, "nginx");
+    let before = stamp(&file);
+
+    // Unsigned: refused, nothing written.
+    let object = static_pod("nginx", "nginx", json!(1), web(NEW_IMAGE));
+    let (_, new_hash) = env.create(object.clone()).await;
+    let message = env.wait_event("Refused", "not signed").await;
+    assert!(message.contains(&node), "{message}");
+    assert_eq!(stamp(&file), before, "an unsigned object writes nothing");
+
+    // Signed with `bundle sign-object` and applied: acted on.
+    std::fs::write(d.join("object.yaml"), object.to_string()).expect("writing the object");
+    let signed = cli_ok(&["bundle", "sign-object", "--key", "ops.key", "object.yaml"]);
+    let signed: StaticPod = serde_saphyr::from_str(&signed).expect("the signed object");
+    let annotations = json!({"metadata": {"annotations": signed.metadata.annotations}});
+    env.static_pods()
+        .patch(
+            "nginx",
+            &PatchParams::default(),
+            &Patch::Merge(&annotations),
+        )
+        .await
+        .expect("annotating the object");
+    env.wait(
+        "the signed template written",
+        Duration::from_secs(20),
+        async || match file_hash(&file) {
+            Some(h) if h == new_hash => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+
+    // The template changed without a new signature: refused again, the file stays.
+    env.set_image("nginx", FIXED_IMAGE).await;
+    env.wait_event("Refused", "template was changed").await;
+    assert_eq!(file_hash(&file).as_deref(), Some(new_hash.as_str()));
 }
