@@ -2450,24 +2450,28 @@ spec:
         image: nginx:1.19.2
 ";
 
+/// Run the CLI in `dir`; assert it succeeded; its standard output.
+fn cli_ok(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(support::binary())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running the CLI");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_with_a_reason() {
     let mut env = Env::start(1, Timings::fast()).await;
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
     let node = env.nodes()[0].clone();
     let d = env.dir.path().to_path_buf();
-    let bin = |args: &[&str]| {
-        let out = Command::new(support::binary())
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .expect("running the CLI");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let bin = |args: &[&str]| cli_ok(&d, args);
     bin(&["bundle", "keygen", "--out", "ops"]);
     bin(&["bundle", "keygen", "--out", "stranger"]);
     std::fs::write(d.join("items.yaml"), BUNDLE_ITEMS).expect("writing items");
@@ -2577,19 +2581,7 @@ async fn with_signed_templates_required_only_a_validly_signed_object_is_acted_on
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
     let node = env.nodes()[0].clone();
     let d = env.dir.path().to_path_buf();
-    let cli_ok = |args: &[&str]| {
-        let out = Command::new(support::binary())
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .expect("running the CLI");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cli_ok = |args: &[&str]| cli_ok(&d, args);
     cli_ok(&["bundle", "keygen", "--out", "ops"]);
     let config = env.write_config_with(
         &node,
