@@ -395,6 +395,7 @@ impl Agent {
             client.clone(),
             offline,
             caches.pods.clone(),
+            caches.leases.clone(),
             store.clone(),
             upgrader.clone(),
             running.clone(),
@@ -675,6 +676,7 @@ impl Agent {
     /// One pass. Returns what is not converged yet (for `sync --once`).
     async fn reconcile(&mut self) -> Vec<Pending> {
         let (desired, refusals) = self.desired();
+        self.ota.set_desired(desired.clone(), refusals.clone());
         for r in refusals {
             if self
                 .refused_reported
@@ -696,7 +698,6 @@ impl Agent {
             }
             self.last_cached = cacheable;
         }
-        self.ota.set_desired(desired.clone());
         let failed = self.upgrader.failed.snapshot();
         let mut pending: Vec<Pending> = Vec::new();
         for d in desired.values() {

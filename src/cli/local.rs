@@ -13,6 +13,13 @@ use staticpod_puller::ota::client::LocalClient;
 pub struct PodsArgs {}
 
 #[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Print the JSON the local API returns.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct UpgradeArgs {
     /// The mirror pod to upgrade, as NAMESPACE/PODNAME (e.g. default/nginx-edge-node-1).
     #[arg(value_name = "NS/PODNAME")]
@@ -110,4 +117,63 @@ pub fn upgrade(args: UpgradeArgs, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+pub fn status(args: StatusArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let client = LocalClient::from_config(&config)?;
+    let (code, body) = runtime()?.block_on(client.request("GET", "/status"))?;
+    if code != 200 {
+        anyhow::bail!(
+            "GET /status: {code} {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: serde_json::Value = serde_json::from_slice(&body)?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "node {} (API server {})",
+        text(&status["node"]),
+        if status["apiServerReachable"] == true {
+            "reachable"
+        } else {
+            "unreachable"
+        }
+    );
+    println!(
+        "{:<36} {:<22} {:<17} {:<17} {:<18} LAST ERROR",
+        "OBJECT", "STRATEGY", "LOCAL", "DESIRED", "PHASE"
+    );
+    for o in status["objects"].as_array().into_iter().flatten() {
+        println!(
+            "{:<36} {:<22} {:<17} {:<17} {:<18} {}",
+            text(&o["object"]),
+            text(&o["strategy"]),
+            text(&o["localHash"]),
+            text(&o["desiredHash"]),
+            text(&o["phase"]),
+            text(&o["lastError"])
+        );
+    }
+    for r in status["refused"].as_array().into_iter().flatten() {
+        println!("refused: {}: {}", text(&r["object"]), text(&r["reason"]));
+    }
+    let slots: Vec<String> = status["slotsHeld"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    println!(
+        "slots held: {}",
+        if slots.is_empty() {
+            "none".to_string()
+        } else {
+            slots.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }

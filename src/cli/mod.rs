@@ -54,6 +54,9 @@ enum Command {
     Pods(local::PodsArgs),
     /// Start an OTA upgrade of one static pod through the local agent's API.
     Upgrade(local::UpgradeArgs),
+    /// What the local agent believes: objects, local and desired hashes, phases, slots held,
+    /// whether the API server answers.
+    Status(local::StatusArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Bundle(args) => bundle::run(args),
         Command::Pods(args) => local::pods(args, config),
         Command::Upgrade(args) => local::upgrade(args, config),
+        Command::Status(args) => local::status(args, config),
     };
     match result {
         Ok(code) => code,

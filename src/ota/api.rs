@@ -4,6 +4,7 @@
 //! - `POST /openyurt.io/v1/namespaces/{ns}/pods/{pod}/upgrade`: start an OTA upgrade (200
 //!   `Start updating pod ns/pod`; 403, 404, 409 with the reason), plain-text bodies.
 //! - `GET` on the same path: the upgrade's state as JSON. `GET /healthz`, `GET /readyz`.
+//! - `GET /status`: what the agent believes (objects, hashes, phases, slots, connectivity).
 //!
 //! Loopback by default; with a token file every request must carry `Authorization: Bearer`.
 
@@ -160,6 +161,7 @@ enum Target<'a> {
     Healthz,
     Readyz,
     Pods,
+    Status,
     Upgrade {
         namespace: &'a str,
         pod: &'a str,
@@ -174,6 +176,7 @@ fn target(path: &str) -> Target<'_> {
         "/healthz" => return Target::Healthz,
         "/readyz" => return Target::Readyz,
         "/pods" => return Target::Pods,
+        "/status" => return Target::Status,
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/openyurt.io/") else {
@@ -253,7 +256,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 "items": ota.pods(),
             }),
         ),
-        Target::Healthz | Target::Readyz | Target::Pods => method_not_allowed("GET"),
+        Target::Status if method == Method::GET => json(StatusCode::OK, &ota.status().await),
+        Target::Healthz | Target::Readyz | Target::Pods | Target::Status => {
+            method_not_allowed("GET")
+        }
         Target::Upgrade { namespace, pod } if method == Method::POST => {
             match ota.start(namespace, pod).await {
                 Ok(message) => text(StatusCode::OK, message),

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod kubelet;
+pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -183,8 +184,12 @@ pub struct Ota {
     pub upgrader: Arc<Upgrader>,
     pub running: Arc<InFlight>,
     pub changed: Arc<Notify>,
+    /// The slot Leases (to report the ones this node holds).
+    pub leases: Store<k8s_openapi::api::coordination::v1::Lease>,
     /// The desired objects as of the agent's last pass.
     desired: Mutex<BTreeMap<ObjectKey, DesiredObject>>,
+    /// The objects refused at the last pass.
+    refused: Mutex<Vec<crate::desired::Refusal>>,
     records: Mutex<HashMap<(String, String), Record>>,
     /// The agent's caches hold a first full list.
     synced: std::sync::atomic::AtomicBool,
@@ -197,6 +202,7 @@ impl Ota {
         client: kube::Client,
         offline: Offline,
         pods: Store<Pod>,
+        leases: Store<k8s_openapi::api::coordination::v1::Lease>,
         store: Arc<ManifestStore>,
         upgrader: Arc<Upgrader>,
         running: Arc<InFlight>,
@@ -211,7 +217,9 @@ impl Ota {
             upgrader,
             running,
             changed,
+            leases,
             desired: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(Vec::new()),
             records: Mutex::new(HashMap::new()),
             synced: std::sync::atomic::AtomicBool::new(false),
         }
@@ -227,7 +235,7 @@ impl Ota {
     }
 
     /// Whether the API server answers now.
-    async fn online(&self) -> bool {
+    pub async fn online(&self) -> bool {
         matches!(
             tokio::time::timeout(PROBE_TIMEOUT, self.client.apiserver_version()).await,
             Ok(Ok(_))
@@ -235,8 +243,13 @@ impl Ota {
     }
 
     /// Called by the agent after each pass.
-    pub fn set_desired(&self, desired: BTreeMap<ObjectKey, DesiredObject>) {
+    pub fn set_desired(
+        &self,
+        desired: BTreeMap<ObjectKey, DesiredObject>,
+        refused: Vec<crate::desired::Refusal>,
+    ) {
         *self.desired.lock().unwrap_or_else(|e| e.into_inner()) = desired;
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = refused;
         self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -254,7 +267,7 @@ impl Ota {
         pods
     }
 
-    fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+    pub(crate) fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods
             .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
     }

@@ -1,0 +1,124 @@
+//! What the agent on this node believes, for `GET /status` and `staticpod-puller status`.
+
+use serde::Serialize;
+
+use super::Ota;
+use crate::rollout::plan::{MirrorState, Plan, plan};
+
+/// The agent's view of this node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node: String,
+    /// Whether the API server answered just now.
+    pub api_server_reachable: bool,
+    pub objects: Vec<ObjectStatus>,
+    /// Objects this agent will not act on, and why.
+    pub refused: Vec<RefusedObject>,
+    /// Upgrade slot Leases this node holds.
+    pub slots_held: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    pub object: String,
+    pub manifest: String,
+    pub strategy: String,
+    pub desired_hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_hash: Option<String>,
+    /// not-member, current, drifted, upgrading, waiting-for-slot, upgrade-available, rolled-back.
+    pub phase: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedObject {
+    pub object: String,
+    pub reason: String,
+}
+
+impl Ota {
+    pub async fn status(&self) -> NodeStatus {
+        let desired = self
+            .desired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let failed = self.upgrader.failed.snapshot();
+        let mut objects = Vec::new();
+        for d in desired.values() {
+            let local = self.store.read(&d.manifest).ok().flatten();
+            let mirror_name = format!("{}-{}", d.key.name, self.node);
+            let mirror = self
+                .pod(&d.key.namespace, &mirror_name)
+                .map(|p| MirrorState {
+                    hash: crate::controller::status::pod_hash(&p).map(str::to_string),
+                    ready: crate::controller::status::pod_ready(&p),
+                });
+            let phase = if self.running.contains(&d.manifest) {
+                "upgrading"
+            } else {
+                match plan(d, local.as_deref(), mirror.as_ref(), &failed) {
+                    Plan::NotMember => "not-member",
+                    Plan::Current => "current",
+                    Plan::Drifted => "drifted",
+                    Plan::HeldBack { .. } => "rolled-back",
+                    Plan::UpgradeAvailable => "upgrade-available",
+                    Plan::Upgrade { .. } => "waiting-for-slot",
+                }
+            };
+            let last_error = self
+                .records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(d.key.namespace.clone(), mirror_name.clone()))
+                .filter(|r| matches!(r.phase, super::Phase::RolledBack | super::Phase::Failed))
+                .and_then(|r| r.message.clone())
+                .or_else(|| {
+                    failed
+                        .get(&d.manifest)
+                        .filter(|h| **h == d.hash)
+                        .map(|h| format!("{h} was rolled back on this node"))
+                });
+            objects.push(ObjectStatus {
+                object: d.key.to_string(),
+                manifest: format!("{}.yaml", d.manifest),
+                strategy: d.strategy.as_str().to_string(),
+                desired_hash: d.hash.clone(),
+                local_hash: local.as_deref().and_then(crate::manifest::hash_of_manifest),
+                phase,
+                last_error,
+            });
+        }
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| RefusedObject {
+                object: r.key.to_string(),
+                reason: r.reason.clone(),
+            })
+            .collect();
+        let mut slots_held: Vec<String> = self
+            .leases
+            .state()
+            .iter()
+            .filter(|l| {
+                l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(&self.node)
+            })
+            .filter_map(|l| l.metadata.name.clone())
+            .collect();
+        slots_held.sort();
+        NodeStatus {
+            node: self.node.clone(),
+            api_server_reachable: self.online().await,
+            objects,
+            refused,
+            slots_held,
+        }
+    }
+}
