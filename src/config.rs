@@ -1,7 +1,7 @@
 //! The configuration file: its schema, defaults and validation.
 //!
 //! The file is YAML (`/etc/staticpod-puller/config.yaml` unless `--config` says otherwise);
-//! every key is documented in `config/staticpod-puller.yaml`. Command-line flags override the
+//! every key is documented in `packaging/config.yaml`. Command-line flags override the
 //! file. An unknown key, a wrong type or an invalid value is refused at start with the key's
 //! path and the reason.
 
@@ -577,7 +577,7 @@ mod tests {
 
     #[test]
     fn the_shipped_default_file_is_the_default_config() {
-        let text = include_str!("../config/staticpod-puller.yaml");
+        let text = include_str!("../packaging/config.yaml");
         assert_eq!(parse(text).unwrap(), Config::default());
     }
 

@@ -87,12 +87,12 @@ spec:
 /// The shipped cluster manifests the demo applies (the files an operator applies).
 const CLUSTER_MANIFESTS: [(&str, &str); 2] = [
     (
-        "config/namespace.yaml",
-        include_str!("../config/namespace.yaml"),
+        "config/00-namespace.yaml",
+        include_str!("../config/00-namespace.yaml"),
     ),
     (
-        "config/rbac-agent.yaml",
-        include_str!("../config/rbac-agent.yaml"),
+        "config/10-rbac-agent.yaml",
+        include_str!("../config/10-rbac-agent.yaml"),
     ),
 ];
 

@@ -522,22 +522,22 @@ conditions:
         }
     }
 
-    /// The CRDs committed in config/crds/ must be what the types generate.
+    /// The CRDs committed in config/ must be what the types generate.
     #[test]
     fn committed_crds_match_the_types() {
         let committed = [
             (
-                "config/crds/staticpods.apps.openyurt.io.yaml",
+                "config/01-crd-staticpods.yaml",
                 include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/config/crds/staticpods.apps.openyurt.io.yaml"
+                    "/config/01-crd-staticpods.yaml"
                 )),
             ),
             (
-                "config/crds/yurtstaticsets.apps.openyurt.io.yaml",
+                "config/01-crd-yurtstaticsets.yaml",
                 include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/config/crds/yurtstaticsets.apps.openyurt.io.yaml"
+                    "/config/01-crd-yurtstaticsets.yaml"
                 )),
             ),
         ];
@@ -549,8 +549,8 @@ conditions:
                 file == generated,
                 "{path} differs from the CRD the Rust types generate. Regenerate both files with\n  \
                  cargo run -q -- crd | awk '/^---$/ {{ n++ }} {{ print > (n == 1 ? \
-                 \"config/crds/staticpods.apps.openyurt.io.yaml\" : \
-                 \"config/crds/yurtstaticsets.apps.openyurt.io.yaml\") }}'\n\
+                 \"config/01-crd-staticpods.yaml\" : \
+                 \"config/01-crd-yurtstaticsets.yaml\") }}'\n\
                  (`crd` prints the StaticPod CRD, then the YurtStaticSet CRD, each starting with `---`)."
             );
         }

@@ -283,7 +283,7 @@ impl Env {
         }));
     }
 
-    /// Write a node's agent configuration file (the keys of config/staticpod-puller.yaml).
+    /// Write a node's agent configuration file (the keys of packaging/config.yaml).
     fn write_config(&self, node: &str, settings: Settings, tag: &str) -> PathBuf {
         self.write_config_with(node, settings, tag, "localApi:\n  listen: 127.0.0.1:0\n")
     }

@@ -102,7 +102,8 @@ fn kubectl_works_against_the_dev_cluster() {
         kubeconfig: &kubeconfig,
     };
 
-    // The CRDs from config/crds/ (removed first, so that applying them is what serves the kinds).
+    // Everything in config/ (the CRDs removed first, so that applying them is what serves the
+    // kinds), as the README says to install it.
     k.ok(&[
         "delete",
         "crd",
@@ -117,19 +118,33 @@ fn kubectl_works_against_the_dev_cluster() {
             Ok(out) => Err(format!("still served: {out}")),
         },
     );
-    let applied = k.ok(&[
-        "apply",
-        "-f",
-        repo_path("config/crds").to_str().expect("utf-8"),
+    let applied = k.ok(&["apply", "-f", repo_path("config").to_str().expect("utf-8")]);
+    for expected in [
+        "namespace/staticpod-system",
+        "customresourcedefinition.apiextensions.k8s.io/staticpods.apps.openyurt.io created",
+        "customresourcedefinition.apiextensions.k8s.io/yurtstaticsets.apps.openyurt.io created",
+        "clusterrole.rbac.authorization.k8s.io/staticpod-puller-agent",
+        "serviceaccount/staticpod-puller-controller created",
+        "clusterrole.rbac.authorization.k8s.io/staticpod-puller-controller created",
+        "deployment.apps/staticpod-puller-controller created",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/staticpod-puller-agent-own-node created",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/staticpod-puller-agent-own-node created",
+    ] {
+        assert!(
+            applied.contains(expected),
+            "expected {expected:?}; apply said: {applied}"
+        );
+    }
+    let deployment = k.ok(&[
+        "get",
+        "deployment",
+        "-n",
+        "staticpod-system",
+        "staticpod-puller-controller",
+        "-o",
+        "jsonpath={.spec.replicas}",
     ]);
-    assert!(
-        applied.contains("staticpods.apps.openyurt.io created"),
-        "apply said: {applied}"
-    );
-    assert!(
-        applied.contains("yurtstaticsets.apps.openyurt.io created"),
-        "apply said: {applied}"
-    );
+    assert_eq!(deployment.trim(), "2", "two controller replicas");
 
     // The seed's StaticPod, and the same object as a YurtStaticSet.
     let sp = dir.path().join("nginx-sp.yaml");
