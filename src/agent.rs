@@ -478,6 +478,10 @@ impl Agent {
                             reason,
                             message,
                         }) => {
+                            crate::metrics::inc(
+                                "staticpod_puller_bundle_refusals_total",
+                                &[("reason", reason)],
+                            );
                             tracing::warn!(node = %node, file = %file.display(), reason, %message, "bundle rejected")
                         }
                         Ok(Dropped::Accepted {
@@ -497,6 +501,25 @@ impl Agent {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+        Ok(())
+    }
+
+    /// Serve Prometheus metrics on `metrics.listen`, and write the bound address to
+    /// `stateDir/metrics.addr`.
+    pub async fn serve_metrics(&self) -> Result<(), AgentError> {
+        if self.config.metrics.listen.is_empty() {
+            return Ok(());
+        }
+        let addr = self.config.metrics.listen.parse().map_err(|_| {
+            AgentError::Config(format!("metrics.listen: {:?}", self.config.metrics.listen))
+        })?;
+        let bound = api::serve_metrics(addr, self.ota.clone())
+            .await
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        self.store
+            .write_state(api::METRICS_ADDRESS_FILE, bound.as_bytes())
+            .map_err(AgentError::Store)?;
+        tracing::info!(node = %self.node, address = %bound, "metrics listening");
         Ok(())
     }
 
@@ -844,6 +867,10 @@ impl Agent {
             let budget = d.max_unavailable.resolve(members);
             let free = self.slots.free(&owner, budget).len();
             if free == 0 {
+                crate::metrics::inc(
+                    "staticpod_puller_slot_busy_total",
+                    &[("object", &d.key.to_string())],
+                );
                 tracing::debug!(object = %d.key, budget, "all upgrade slots busy");
                 return;
             }

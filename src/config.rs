@@ -52,7 +52,24 @@ pub struct Config {
     pub ota: Ota,
     pub bundle: Bundle,
     pub trust: Trust,
+    pub metrics: Metrics,
     pub log: Log,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Metrics {
+    /// A loopback `host:port` serving `GET /metrics`; empty: none.
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: "127.0.0.1:10273".to_string(),
+        }
+    }
 }
 
 /// Signed bundles.
@@ -155,6 +172,7 @@ impl Default for Config {
             ota: Ota::default(),
             bundle: Bundle::default(),
             trust: Trust::default(),
+            metrics: Metrics::default(),
             log: Log::default(),
         }
     }
@@ -428,6 +446,28 @@ impl Config {
                     self.trust.threshold
                 ),
             ));
+        }
+        if !self.metrics.listen.is_empty() {
+            match self.metrics.listen.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => {}
+                Ok(addr) => {
+                    return Err(invalid(
+                        "metrics.listen",
+                        format!(
+                            "{addr} is not a loopback address (scrape through a local agent or proxy)"
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "metrics.listen",
+                        format!(
+                            "expected a loopback host:port like 127.0.0.1:10273, got {:?}",
+                            self.metrics.listen
+                        ),
+                    ));
+                }
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(

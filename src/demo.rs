@@ -201,7 +201,7 @@ fn write_agent_config(node: &SimNode, options: &DemoOptions) -> Result<PathBuf, 
         .unwrap_or(&node.state_dir)
         .join("agent.yaml");
     let text = format!(
-        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlocalApi:\n  listen: 127.0.0.1:0\nlog:\n  level: {:?}\n",
+        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlocalApi:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  level: {:?}\n",
         node.name,
         node.agent_kubeconfig.display(),
         node.manifest_dir.display(),

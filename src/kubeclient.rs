@@ -33,6 +33,7 @@ where
 {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let resource = K::plural(&Default::default()).to_string();
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
@@ -42,7 +43,13 @@ where
         while let Some(item) = stream.next().await {
             match item {
                 Ok(_) => on_change(),
-                Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
+                Err(e) => {
+                    crate::metrics::inc(
+                        "staticpod_puller_watch_errors_total",
+                        &[("resource", &resource)],
+                    );
+                    tracing::warn!(resource, error = %e, "watch error (retrying with backoff)")
+                }
             }
         }
     });

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod desired;
 pub mod kubeclient;
 pub mod manifest;
+pub mod metrics;
 pub mod ota;
 pub mod resources;
 pub mod rollout;

@@ -103,6 +103,7 @@ pub fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let agent = Agent::start(config).await?;
         agent.serve_local_api().await?;
+        agent.serve_metrics().await?;
         agent.watch_drop_dir()?;
         tokio::select! {
             r = agent.run() => r?,

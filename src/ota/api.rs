@@ -24,6 +24,8 @@ pub const MAX_URI: usize = 2048;
 pub const MAX_BODY: u64 = 4096;
 /// The file in the state directory naming the address actually bound (useful with port 0).
 pub const ADDRESS_FILE: &str = "local-api.addr";
+/// The same for the metrics endpoint.
+pub const METRICS_ADDRESS_FILE: &str = "metrics.addr";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -68,24 +70,7 @@ pub async fn serve(
     let shared = Arc::new(Shared { ota, token });
     let app = axum::Router::new().fallback(handle).with_state(shared);
     match listen {
-        Listen::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ApiError::Bind {
-                    address: addr.to_string(),
-                    source,
-                })?;
-            let bound = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| addr.to_string());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "the local API stopped");
-                }
-            });
-            Ok(bound)
-        }
+        Listen::Tcp(addr) => serve_tcp(*addr, app, "the local API").await,
         Listen::Unix(path) => {
             // A socket file left by a previous run would make bind fail.
             if std::fs::symlink_metadata(path)
@@ -284,6 +269,49 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
         Target::Unknown => text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// Serve `GET /metrics` on `addr` until the process ends; returns the bound address.
+pub async fn serve_metrics(addr: std::net::SocketAddr, ota: Arc<Ota>) -> Result<String, ApiError> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let ota = ota.clone();
+            async move {
+                let mut r = ota.metrics().await.into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+        }),
+    );
+    serve_tcp(addr, app, "the metrics endpoint").await
+}
+
+/// Bind `addr` and serve `app` in a task until the process ends; the bound address.
+async fn serve_tcp(
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+    what: &'static str,
+) -> Result<String, ApiError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind {
+            address: addr.to_string(),
+            source,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| addr.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+    Ok(bound)
 }
 
 #[cfg(test)]

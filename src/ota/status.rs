@@ -122,3 +122,51 @@ impl Ota {
         }
     }
 }
+
+impl Ota {
+    /// The exposition text: the process's counters and, per object, an info gauge with its
+    /// hashes and phase, plus whether the API server answers and the slots held.
+    pub async fn metrics(&self) -> String {
+        use crate::metrics::Gauge;
+        let status = self.status().await;
+        let mut gauges = Vec::new();
+        for o in &status.objects {
+            gauges.push(Gauge {
+                name: "staticpod_puller_object_info",
+                help: "One per object this agent follows: its manifest, strategy, local and desired hash, and phase.",
+                labels: vec![
+                    ("object".into(), o.object.clone()),
+                    ("manifest".into(), o.manifest.clone()),
+                    ("strategy".into(), o.strategy.clone()),
+                    ("local_hash".into(), o.local_hash.clone().unwrap_or_default()),
+                    ("desired_hash".into(), o.desired_hash.clone()),
+                    ("phase".into(), o.phase.to_string()),
+                ],
+                value: 1.0,
+            });
+        }
+        gauges.push(Gauge {
+            name: "staticpod_puller_api_server_reachable",
+            help: "1 when the API server answered the last probe.",
+            labels: Vec::new(),
+            value: if status.api_server_reachable {
+                1.0
+            } else {
+                0.0
+            },
+        });
+        gauges.push(Gauge {
+            name: "staticpod_puller_slots_held",
+            help: "Upgrade slot Leases this node holds.",
+            labels: Vec::new(),
+            value: status.slots_held.len() as f64,
+        });
+        gauges.push(Gauge {
+            name: "staticpod_puller_objects_refused",
+            help: "Objects this agent refuses to act on.",
+            labels: Vec::new(),
+            value: status.refused.len() as f64,
+        });
+        crate::metrics::render(&gauges)
+    }
+}

@@ -440,6 +440,16 @@ impl Upgrader {
         result: Result<Outcome, UpgradeError>,
     ) -> Result<Outcome, UpgradeError> {
         release(slot).await;
+        let outcome = match &result {
+            Ok(Outcome::Succeeded { .. }) => "succeeded",
+            Ok(Outcome::RolledBack { .. }) => "rolled_back",
+            Ok(Outcome::Superseded) => "superseded",
+            Err(_) => "failed",
+        };
+        crate::metrics::inc(
+            "staticpod_puller_upgrades_total",
+            &[("object", &desired.key.to_string()), ("result", outcome)],
+        );
         match &result {
             Ok(Outcome::Succeeded { elapsed }) => {
                 tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "upgrade succeeded");

@@ -302,7 +302,7 @@ impl Env {
             .unwrap_or_else(|| panic!("no node {node}"));
         let path = self.dir.path().join(format!("{node}.{tag}.yaml"));
         let text = format!(
-            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\ndrift:\n  mode: {}\n{}log:\n  level: info\n",
+            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\ndrift:\n  mode: {}\nmetrics:\n  listen: 127.0.0.1:0\n{}log:\n  level: info\n",
             n.name,
             n.agent_kubeconfig.display(),
             n.manifest_dir.display(),
@@ -2312,6 +2312,49 @@ async fn pod_need_upgrade_is_set_again_when_kubelet_recreates_the_mirror_pod() {
     .await;
 }
 
+/// `GET /metrics` from the agent whose state directory is `state_dir`; every sample line is
+/// checked to be `name{labels} value` as the text exposition format says.
+async fn scrape(state_dir: &Path) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = std::fs::read_to_string(state_dir.join("metrics.addr")).expect("metrics.addr");
+    let mut stream = tokio::net::TcpStream::connect(address.trim())
+        .await
+        .expect("connecting to the metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("sending the scrape");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("reading the scrape");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    for line in body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        assert!(value.parse::<f64>().is_ok(), "a numeric value: {line}");
+        let name = series.split('{').next().unwrap_or_default();
+        assert!(
+            name.starts_with("staticpod_puller_")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "a metric name: {line}"
+        );
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "every metric has a TYPE: {line}"
+        );
+    }
+    body.to_string()
+}
+
 /// `staticpod-puller --config <config> <args>`; (exit success, stdout, stderr).
 async fn cli(config: &Path, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(support::binary())
@@ -2386,6 +2429,21 @@ async fn pods_and_upgrade_wait_talk_to_the_agent_over_a_unix_socket() {
             );
         }
     }
+    // Prometheus metrics: parseable, and counting what happened.
+    let metrics = scrape(&env.state_dir(&node)).await;
+    for expected in [
+        "# TYPE staticpod_puller_upgrades_total counter",
+        "staticpod_puller_upgrades_total{object=\"StaticPod default/nginx\",result=\"succeeded\"} 1",
+        "staticpod_puller_upgrades_total{object=\"StaticPod default/nginx\",result=\"rolled_back\"} 1",
+        "staticpod_puller_api_server_reachable 1",
+        "phase=\"rolled-back\"",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "expected {expected:?} in:\n{metrics}"
+        );
+    }
+
     // `status` says what the agent believes: the hash rolled back, and why.
     let (ok, out, err) = cli(&config, &["status"]).await;
     let row = out

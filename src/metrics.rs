@@ -1,0 +1,145 @@
+//! Prometheus metrics of the agent, in the text exposition format, served on a loopback
+//! address (`metrics.listen`). Counters live in one process-wide registry so that the parts
+//! that count (upgrades, slots, watches, bundles) need no plumbing; per-object gauges are
+//! computed at scrape time from what the agent believes (`ota::status`).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+
+/// Every counter: name and help, in exposition order.
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        "staticpod_puller_upgrades_total",
+        "Upgrades finished on this node, by object and result (succeeded, rolled_back, superseded, failed).",
+    ),
+    (
+        "staticpod_puller_slot_busy_total",
+        "Passes in which an upgrade waited because every upgrade slot of its object was held.",
+    ),
+    (
+        "staticpod_puller_bundle_refusals_total",
+        "Bundles refused, by reason.",
+    ),
+    (
+        "staticpod_puller_watch_errors_total",
+        "Errors of the API watches (each is followed by a restart with backoff), by resource.",
+    ),
+];
+
+type Labels = Vec<(String, String)>;
+
+/// The process-wide counters.
+#[derive(Default)]
+pub struct Registry {
+    counters: Mutex<BTreeMap<&'static str, BTreeMap<Labels, u64>>>,
+}
+
+/// The registry of this process.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+/// Add one to counter `name` with `labels`.
+pub fn inc(name: &'static str, labels: &[(&str, &str)]) {
+    debug_assert!(
+        COUNTERS.iter().any(|(n, _)| *n == name),
+        "unknown counter {name}"
+    );
+    let labels: Labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut counters = registry()
+        .counters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    *counters.entry(name).or_default().entry(labels).or_default() += 1;
+}
+
+/// One gauge sample.
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Labels,
+    pub value: f64,
+}
+
+/// The exposition text: every counter (with its HELP and TYPE even before it counted
+/// anything), then `gauges`.
+pub fn render(gauges: &[Gauge]) -> String {
+    let mut out = String::new();
+    let counters = registry()
+        .counters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for (name, help) in COUNTERS {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (labels, value) in counters.get(name).into_iter().flatten() {
+            out.push_str(&format!("{name}{} {value}\n", label_text(labels)));
+        }
+    }
+    let mut described = Vec::new();
+    for g in gauges {
+        if !described.contains(&g.name) {
+            out.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} gauge\n",
+                g.name, g.help, g.name
+            ));
+            described.push(g.name);
+        }
+        out.push_str(&format!(
+            "{}{} {}\n",
+            g.name,
+            label_text(&g.labels),
+            g.value
+        ));
+    }
+    out
+}
+
+fn label_text(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    format!("{{{}}}", pairs.join(","))
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_format_with_escaped_labels() {
+        inc(
+            "staticpod_puller_bundle_refusals_total",
+            &[("reason", "bad\"quote")],
+        );
+        let text = render(&[Gauge {
+            name: "staticpod_puller_object_info",
+            help: "x",
+            labels: vec![("object".into(), "StaticPod default/nginx".into())],
+            value: 1.0,
+        }]);
+        assert!(text.contains("# TYPE staticpod_puller_upgrades_total counter\n"));
+        assert!(
+            text.contains("staticpod_puller_bundle_refusals_total{reason=\"bad\\\"quote\"} "),
+            "{text}"
+        );
+        assert!(text.contains(
+            "# TYPE staticpod_puller_object_info gauge\nstaticpod_puller_object_info{object=\"StaticPod default/nginx\"} 1\n"
+        ));
+    }
+}
