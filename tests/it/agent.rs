@@ -2706,3 +2706,30 @@ async fn with_signed_templates_required_only_a_validly_signed_object_is_acted_on
     env.wait_event("Refused", "template was changed").await;
     assert_eq!(file_hash(&file).as_deref(), Some(new_hash.as_str()));
 }
+
+#[test]
+fn demo_plays_the_seed_scenario_and_the_rollback() {
+    for (args, expected) in [
+        (&["demo"][..], "== rollout complete: 3/3/3 on nginx:1.19.2"),
+        (
+            &["demo", "--bad-image", "--progress-deadline", "2s"][..],
+            "== every node rolled back to nginx:1.19.1",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let out = Command::new(support::binary())
+            .args(["--log-level", "warn"])
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .expect("running the demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(expected),
+            "{args:?}: expected {expected:?}; {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
