@@ -24,7 +24,21 @@ const COUNTERS: &[(&str, &str)] = &[
         "staticpod_puller_watch_errors_total",
         "Errors of the API watches (each is followed by a restart with backoff), by resource.",
     ),
+    (
+        "staticpod_puller_controller_reconciles_total",
+        "Controller passes over every object (after a change, or a lease renewal).",
+    ),
+    (
+        "staticpod_puller_controller_status_writes_total",
+        "Status writes by the controller, by result (ok, error).",
+    ),
 ];
+
+/// Every summary (sum and count of observed durations): name and help.
+const SUMMARIES: &[(&str, &str)] = &[(
+    "staticpod_puller_controller_reconcile_seconds",
+    "How long a controller pass over every object took.",
+)];
 
 type Labels = Vec<(String, String)>;
 
@@ -32,6 +46,8 @@ type Labels = Vec<(String, String)>;
 #[derive(Default)]
 pub struct Registry {
     counters: Mutex<BTreeMap<&'static str, BTreeMap<Labels, u64>>>,
+    /// Summary name → (sum of seconds, count).
+    summaries: Mutex<BTreeMap<&'static str, (f64, u64)>>,
 }
 
 /// The registry of this process.
@@ -57,6 +73,21 @@ pub fn inc(name: &'static str, labels: &[(&str, &str)]) {
     *counters.entry(name).or_default().entry(labels).or_default() += 1;
 }
 
+/// Record one duration in summary `name`.
+pub fn observe(name: &'static str, seconds: f64) {
+    debug_assert!(
+        SUMMARIES.iter().any(|(n, _)| *n == name),
+        "unknown summary {name}"
+    );
+    let mut summaries = registry()
+        .summaries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let entry = summaries.entry(name).or_default();
+    entry.0 += seconds;
+    entry.1 += 1;
+}
+
 /// One gauge sample.
 pub struct Gauge {
     pub name: &'static str,
@@ -78,6 +109,16 @@ pub fn render(gauges: &[Gauge]) -> String {
         for (labels, value) in counters.get(name).into_iter().flatten() {
             out.push_str(&format!("{name}{} {value}\n", label_text(labels)));
         }
+    }
+    let summaries = registry()
+        .summaries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for (name, help) in SUMMARIES {
+        let (sum, count) = summaries.get(name).copied().unwrap_or_default();
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} summary\n{name}_sum {sum}\n{name}_count {count}\n"
+        ));
     }
     let mut described = Vec::new();
     for g in gauges {

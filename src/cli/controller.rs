@@ -19,6 +19,10 @@ pub struct Args {
     /// How long the leader's Lease lasts without renewal.
     #[arg(long, default_value = "15s", value_name = "DURATION")]
     lease_duration: HumanDuration,
+    /// Serve Prometheus metrics (reconcile counts and durations, status writes) on this
+    /// host:port [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
@@ -34,6 +38,10 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        if let Some(addr) = args.metrics_listen {
+            let bound = staticpod_puller::ota::api::serve_process_metrics(addr).await?;
+            tracing::info!(address = %bound, "metrics listening");
+        }
         let client = staticpod_puller::kubeclient::from_kubeconfig(&kubeconfig)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {e}", kubeconfig.display()))?;

@@ -103,6 +103,7 @@ pub async fn run(
                 },
             }
             // Also on every renewal: a status write that failed is retried without a new change.
+            let started = std::time::Instant::now();
             let all_pods = pods.state();
             for o in static_pods.state() {
                 update_status::<StaticPod>(&client, &o, &o.spec, o.status.as_ref(), &all_pods)
@@ -113,6 +114,11 @@ pub async fn run(
                 update_status::<YurtStaticSet>(&client, &o, &spec, o.status.as_ref(), &all_pods)
                     .await;
             }
+            crate::metrics::inc("staticpod_puller_controller_reconciles_total", &[]);
+            crate::metrics::observe(
+                "staticpod_puller_controller_reconcile_seconds",
+                started.elapsed().as_secs_f64(),
+            );
         }
     }
 }
@@ -196,12 +202,24 @@ async fn update_status<K>(
         )
         .await
     {
-        Ok(_) => tracing::debug!(
-            total = next.total_number,
-            ready = next.ready_number,
-            upgraded = next.upgraded_number,
-            "status updated"
-        ),
-        Err(e) => tracing::warn!(error = %e, "updating status"),
+        Ok(_) => {
+            crate::metrics::inc(
+                "staticpod_puller_controller_status_writes_total",
+                &[("result", "ok")],
+            );
+            tracing::debug!(
+                total = next.total_number,
+                ready = next.ready_number,
+                upgraded = next.upgraded_number,
+                "status updated"
+            )
+        }
+        Err(e) => {
+            crate::metrics::inc(
+                "staticpod_puller_controller_status_writes_total",
+                &[("result", "error")],
+            );
+            tracing::warn!(error = %e, "updating status")
+        }
     }
 }

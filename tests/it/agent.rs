@@ -794,6 +794,23 @@ async fn seed_scenario_adopts_hand_placed_files_without_writing_then_upgrades_ev
         );
     }
     env.wait_slots_released("nginx").await;
+
+    // The controller (in this process) counted its passes, their durations and its writes.
+    let metrics = staticpod_puller::metrics::render(&[]);
+    for series in [
+        "staticpod_puller_controller_reconciles_total ",
+        "staticpod_puller_controller_reconcile_seconds_count ",
+        "staticpod_puller_controller_status_writes_total{result=\"ok\"} ",
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            value.is_some_and(|v| v >= 1.0),
+            "{series}counted; metrics:\n{metrics}"
+        );
+    }
 }
 
 // --- 2. The budget holds ------------------------------------------------------------------
