@@ -6,6 +6,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
+/// Which process a metric belongs to: each serves only its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    Controller,
+}
+
 /// Every counter: name and help, in exposition order.
 const COUNTERS: &[(&str, &str)] = &[
     (
@@ -98,13 +105,15 @@ pub struct Gauge {
 
 /// The exposition text: every counter (with its HELP and TYPE even before it counted
 /// anything), then `gauges`.
-pub fn render(gauges: &[Gauge]) -> String {
+pub fn render(role: Role, gauges: &[Gauge]) -> String {
+    let ours =
+        |name: &str| (role == Role::Controller) == name.starts_with("staticpod_puller_controller_");
     let mut out = String::new();
     let counters = registry()
         .counters
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    for (name, help) in COUNTERS {
+    for (name, help) in COUNTERS.iter().filter(|(n, _)| ours(n)) {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
         for (labels, value) in counters.get(name).into_iter().flatten() {
             out.push_str(&format!("{name}{} {value}\n", label_text(labels)));
@@ -114,7 +123,7 @@ pub fn render(gauges: &[Gauge]) -> String {
         .summaries
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    for (name, help) in SUMMARIES {
+    for (name, help) in SUMMARIES.iter().filter(|(n, _)| ours(n)) {
         let (sum, count) = summaries.get(name).copied().unwrap_or_default();
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} summary\n{name}_sum {sum}\n{name}_count {count}\n"
@@ -168,13 +177,26 @@ mod tests {
             "staticpod_puller_bundle_refusals_total",
             &[("reason", "bad\"quote")],
         );
-        let text = render(&[Gauge {
-            name: "staticpod_puller_object_info",
-            help: "x",
-            labels: vec![("object".into(), "StaticPod default/nginx".into())],
-            value: 1.0,
-        }]);
+        let text = render(
+            Role::Agent,
+            &[Gauge {
+                name: "staticpod_puller_object_info",
+                help: "x",
+                labels: vec![("object".into(), "StaticPod default/nginx".into())],
+                value: 1.0,
+            }],
+        );
         assert!(text.contains("# TYPE staticpod_puller_upgrades_total counter\n"));
+        assert!(
+            !text.contains("controller"),
+            "the agent serves only its own: {text}"
+        );
+        let controller = render(Role::Controller, &[]);
+        assert!(
+            controller.contains("# TYPE staticpod_puller_controller_reconcile_seconds summary\n")
+                && !controller.contains("staticpod_puller_upgrades_total"),
+            "{controller}"
+        );
         assert!(
             text.contains("staticpod_puller_bundle_refusals_total{reason=\"bad\\\"quote\"} "),
             "{text}"

@@ -290,12 +290,13 @@ pub async fn serve_metrics(addr: std::net::SocketAddr, ota: Arc<Ota>) -> Result<
     serve_tcp(addr, app, "the metrics endpoint").await
 }
 
-/// Serve `GET /metrics` with this process's counters only (the controller).
+/// Serve `GET /metrics` with the controller's counters.
 pub async fn serve_process_metrics(addr: std::net::SocketAddr) -> Result<String, ApiError> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(|| async {
-            let mut r = crate::metrics::render(&[]).into_response();
+            let mut r =
+                crate::metrics::render(crate::metrics::Role::Controller, &[]).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -167,6 +167,6 @@ impl Ota {
             labels: Vec::new(),
             value: status.refused.len() as f64,
         });
-        crate::metrics::render(&gauges)
+        crate::metrics::render(crate::metrics::Role::Agent, &gauges)
     }
 }

@@ -796,7 +796,8 @@ async fn seed_scenario_adopts_hand_placed_files_without_writing_then_upgrades_ev
     env.wait_slots_released("nginx").await;
 
     // The controller (in this process) counted its passes, their durations and its writes.
-    let metrics = staticpod_puller::metrics::render(&[]);
+    let metrics =
+        staticpod_puller::metrics::render(staticpod_puller::metrics::Role::Controller, &[]);
     for series in [
         "staticpod_puller_controller_reconciles_total ",
         "staticpod_puller_controller_reconcile_seconds_count ",
@@ -2359,13 +2360,19 @@ async fn scrape(state_dir: &Path) -> String {
         let (series, value) = line.rsplit_once(' ').expect("name and value");
         assert!(value.parse::<f64>().is_ok(), "a numeric value: {line}");
         let name = series.split('{').next().unwrap_or_default();
+        // A summary's samples are `<family>_sum` and `<family>_count`.
+        let family = name
+            .strip_suffix("_sum")
+            .or_else(|| name.strip_suffix("_count"))
+            .filter(|f| body.contains(&format!("# TYPE {f} summary")))
+            .unwrap_or(name);
         assert!(
             name.starts_with("staticpod_puller_")
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "a metric name: {line}"
         );
         assert!(
-            body.contains(&format!("# TYPE {name} ")),
+            body.contains(&format!("# TYPE {family} ")),
             "every metric has a TYPE: {line}"
         );
     }
