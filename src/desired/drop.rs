@@ -137,7 +137,7 @@ impl DropDir {
     ) -> Result<Dropped, DropError> {
         let bytes = read_capped(path);
         let verdict = match bytes {
-            Err(message) => Err(("malformed", message)),
+            Err(refusal) => Err(refusal),
             Ok(bytes) => bundle::accept(
                 &self.policy,
                 &self.state,
@@ -211,17 +211,19 @@ impl DropDir {
     }
 }
 
-fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
+/// The file's bytes, or the refusal reason label and message.
+fn read_capped(path: &Path) -> Result<Vec<u8>, (&'static str, String)> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let unreadable = |e: std::io::Error| ("unreadable", format!("reading {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        .map_err(unreadable)?;
     if bytes.len() as u64 > MAX_FILE {
-        return Err(format!(
-            "{} is larger than {MAX_FILE} bytes",
-            path.display()
+        return Err((
+            "too_large",
+            format!("{} is larger than {MAX_FILE} bytes", path.display()),
         ));
     }
     Ok(bytes)
