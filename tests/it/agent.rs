@@ -2550,17 +2550,9 @@ spec:
 
 /// Run the CLI in `dir`; assert it succeeded; its standard output.
 fn cli_ok(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(support::binary())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running the CLI");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, stdout, stderr) = support::run_in(dir, args);
+    assert!(ok, "{args:?}: {stderr}");
+    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

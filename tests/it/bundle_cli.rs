@@ -29,20 +29,6 @@ status:
   totalNumber: 3
 ";
 
-/// Run the binary; (success, stdout, stderr).
-fn run(args: &[&str], dir: &Path) -> (bool, String, String) {
-    let out = Command::new(support::binary())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running staticpod-puller");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn openssl(args: &[&str], dir: &Path) {
     let out = Command::new("openssl")
         .args(args)
@@ -62,7 +48,7 @@ fn keygen_sign_verify_inspect_with_a_two_of_three_threshold() {
     let d = dir.path();
     std::fs::write(d.join("items.yaml"), ITEMS).expect("writing items");
     for k in ["k1", "k2"] {
-        let (ok, out, err) = run(&["bundle", "keygen", "--out", k], d);
+        let (ok, out, err) = support::run_in(d, &["bundle", "keygen", "--out", k]);
         assert!(ok && out.contains("key id:"), "keygen {k}: {out}{err}");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(d.join(format!("{k}.key")))
@@ -78,13 +64,14 @@ fn keygen_sign_verify_inspect_with_a_two_of_three_threshold() {
     // The third key is made by openssl.
     openssl(&["genpkey", "-algorithm", "ed25519", "-out", "k3.key"], d);
     openssl(&["pkey", "-in", "k3.key", "-pubout", "-out", "k3.pub"], d);
-    let (ok, _, err) = run(&["bundle", "keygen", "--out", "k1"], d);
+    let (ok, _, err) = support::run_in(d, &["bundle", "keygen", "--out", "k1"]);
     assert!(
         !ok && err.contains("refusing to overwrite"),
         "keygen refuses to overwrite: {err}"
     );
 
-    let (ok, out, err) = run(
+    let (ok, out, err) = support::run_in(
+        d,
         &[
             "bundle",
             "sign",
@@ -102,7 +89,6 @@ fn keygen_sign_verify_inspect_with_a_two_of_three_threshold() {
             "-o",
             "b.json",
         ],
-        d,
     );
     assert!(ok && out.contains("sequence 7"), "sign: {out}{err}");
 
@@ -118,7 +104,7 @@ fn keygen_sign_verify_inspect_with_a_two_of_three_threshold() {
         let mut args = vec!["bundle", "verify"];
         args.extend(trusted);
         args.extend(["--threshold", threshold, "b.json"]);
-        run(&args, d)
+        support::run_in(d, &args)
     };
     let (ok, out, err) = verify("2");
     assert!(
@@ -145,13 +131,13 @@ fn keygen_sign_verify_inspect_with_a_two_of_three_threshold() {
     forged["payload"] =
         serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(tampered));
     std::fs::write(d.join("forged.json"), forged.to_string()).expect("writing");
-    let (ok, _, err) = run(
-        &["bundle", "verify", "--trusted-key", "k1.pub", "forged.json"],
+    let (ok, _, err) = support::run_in(
         d,
+        &["bundle", "verify", "--trusted-key", "k1.pub", "forged.json"],
     );
     assert!(!ok && err.contains("bad_signature"), "tampered: {err}");
 
-    let (ok, out, err) = run(&["bundle", "inspect", "b.json"], d);
+    let (ok, out, err) = support::run_in(d, &["bundle", "inspect", "b.json"]);
     assert!(ok, "inspect: {err}");
     for expected in [
         "NOT VERIFIED",
@@ -167,7 +153,7 @@ fn keygen_sign_verify_inspect_with_a_two_of_three_threshold() {
 fn keys_made_by_keygen_work_with_openssl() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let d = dir.path();
-    let (ok, _, err) = run(&["bundle", "keygen", "--out", "ours"], d);
+    let (ok, _, err) = support::run_in(d, &["bundle", "keygen", "--out", "ours"]);
     assert!(ok, "keygen: {err}");
     std::fs::write(d.join("msg"), b"a message").expect("writing");
     openssl(

@@ -12,6 +12,20 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_staticpod-puller")
 }
 
+/// Run the binary with `args` in `dir`; (exit success, stdout, stderr).
+pub fn run_in(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running staticpod-puller");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
