@@ -36,6 +36,9 @@ pub mod payload;
 pub mod policy;
 pub mod template;
 
+#[cfg(test)]
+mod tamper_tests;
+
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
@@ -77,8 +80,9 @@ pub enum SignError {
 /// `items_yaml` holds the objects as `kubectl get ... -o yaml` prints them: one or more YAML
 /// documents, each an object, a `kind: List`, or a sequence of objects. Status and server-set
 /// metadata are dropped. The bundle is issued at `issued_at` and expires `valid_for` later.
-/// Everything an agent would refuse for its content (kinds, caps, targeting syntax) is
-/// refused here first.
+/// Everything an agent would refuse for its content (kinds, caps, targeting syntax, and items
+/// it would not write: manifest names, pod templates, strategies, checked by the same code)
+/// is refused here first, naming the item.
 pub fn sign(
     items_yaml: &str,
     keys: &[PrivateKey],
@@ -103,7 +107,7 @@ pub fn sign(
             valid_for,
         })?;
     let items = read_items(items_yaml)?;
-    // Validates kinds, duplicates and the item cap, as an agent will.
+    // Validates kinds, duplicates, the item cap and each item's template, as an agent will.
     payload::parse_items(items.clone(), payload::DEFAULT_MAX_ITEMS)?;
     let document = payload::PayloadDocument {
         api_version: payload::API_VERSION.to_string(),
@@ -274,6 +278,42 @@ mod tests {
         let err = sign(&deployment, &keys, 1, DAY, None, now()).expect_err("wrong kind");
         assert!(
             err.to_string().contains("item 0: kind \"Deployment\""),
+            "{err}"
+        );
+        // Items a node would refuse to write are refused at signing, naming the item.
+        for (from, to, expected) in [
+            (
+                "staticPodManifest: nginx",
+                "staticPodManifest: ../../etc/cron.d/x",
+                "item 0 would be refused: YurtStaticSet default/nginx: spec.staticPodManifest: \
+                 must be a plain file name (no path), got \"../../etc/cron.d/x\"",
+            ),
+            (
+                "hostPath: {path: /etc/nginx}",
+                "secret: {secretName: tls}",
+                "spec.template.spec.volumes[0].secret: a static pod may not reference a secret volume",
+            ),
+            (
+                "type: AdvancedRollingUpdate",
+                "type: Sometimes",
+                "YurtStaticSet default/nginx: ",
+            ),
+        ] {
+            assert!(KUBECTL_YSS.contains(from), "fixture lacks {from:?}");
+            let items = KUBECTL_YSS.replacen(from, to, 1);
+            let err = sign(&items, &keys, 1, DAY, None, now()).expect_err(to);
+            assert!(
+                matches!(
+                    &err,
+                    SignError::Payload(PayloadError::InvalidItem { index: 0, .. })
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(expected), "{to}: {err}");
+        }
+        let err = sign(KUBECTL_YSS, &keys, 0, DAY, None, now()).expect_err("sequence 0");
+        assert!(
+            err.to_string().contains("sequence must be at least 1"),
             "{err}"
         );
         let err = sign(KUBECTL_YSS, &[], 1, DAY, None, now()).expect_err("no keys");

@@ -67,10 +67,16 @@ pub enum PayloadError {
         issued_at: Timestamp,
         expires_at: Timestamp,
     },
+    #[error("parsing the bundle payload: sequence must be at least 1, got 0")]
+    SequenceZero,
     #[error("parsing the bundle payload: {count} items, over the limit of {limit}")]
     TooManyItems { count: usize, limit: usize },
     #[error("parsing the bundle payload: item {index}: {reason}")]
     Item { index: usize, reason: String },
+    /// A well-formed item an agent would refuse to write (manifest name, template, strategy):
+    /// the whole bundle is refused, so it is all or nothing.
+    #[error("bundle item {index} would be refused: {reason}")]
+    InvalidItem { index: usize, reason: String },
     #[error("serializing the bundle payload: {0}")]
     Serialize(String),
 }
@@ -97,6 +103,16 @@ impl BundleItem {
             BundleItem::YurtStaticSet(o) => &o.metadata,
         };
         meta.namespace.as_deref().unwrap_or_default()
+    }
+
+    /// The item as desired state, validated and rendered as the agent does it for objects
+    /// from the cluster; the reason names the object and field when it would be refused.
+    pub fn desired(&self) -> Result<crate::desired::DesiredObject, String> {
+        let converted = match self {
+            BundleItem::StaticPod(o) => crate::desired::cluster::from_static_pod(o),
+            BundleItem::YurtStaticSet(o) => crate::desired::cluster::from_yurt_static_set(o),
+        };
+        converted.map_err(|refusal| refusal.reason)
     }
 
     /// `metadata.name` (never empty: parsing requires it).
@@ -260,10 +276,11 @@ impl fmt::Display for NodeSelector {
     }
 }
 
-/// The payload as written; items stay untyped until each is checked by its kind.
+/// The payload as written; items stay untyped until each is checked by its kind (`I` is
+/// [`StrictJson`] when read by the JSON reader).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct PayloadDocument {
+pub(super) struct PayloadDocument<I = Value> {
     pub api_version: String,
     pub kind: String,
     pub sequence: u64,
@@ -271,7 +288,108 @@ pub(super) struct PayloadDocument {
     pub expires_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<Targets>,
-    pub items: Vec<Value>,
+    pub items: Vec<I>,
+}
+
+/// A JSON value whose objects never repeat a key: the JSON reader refuses what the YAML
+/// reader refuses, so both read a payload the same way.
+#[derive(Debug)]
+pub(super) struct StrictJson(Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(StrictJson(v)) = seq.next_element()? {
+            list.push(v);
+        }
+        Ok(Value::Array(list))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictJson(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key {key:?}"
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Read the payload document. JSON (what `bundle sign` writes) goes through the JSON reader,
+/// many times faster than the YAML reader on a large bundle and with the same reading; other
+/// YAML, or text the JSON reader cannot read as JSON, through the YAML reader.
+fn read_document(text: &str) -> Result<PayloadDocument, PayloadError> {
+    if text.trim_start().starts_with('{') {
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let read = serde_path_to_error::deserialize::<_, PayloadDocument<StrictJson>>(&mut reader);
+        match read {
+            Ok(doc) if reader.end().is_ok() => {
+                return Ok(PayloadDocument {
+                    api_version: doc.api_version,
+                    kind: doc.kind,
+                    sequence: doc.sequence,
+                    issued_at: doc.issued_at,
+                    expires_at: doc.expires_at,
+                    targets: doc.targets,
+                    items: doc.items.into_iter().map(|StrictJson(v)| v).collect(),
+                });
+            }
+            // Valid JSON with a wrong field: say which field.
+            Err(e) if e.inner().is_data() => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let message = if path == "." || path.is_empty() {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                };
+                return Err(PayloadError::Syntax(message));
+            }
+            // Not JSON after all (YAML flow style, trailing text, or broken): the YAML
+            // reader says why.
+            Ok(_) | Err(_) => {}
+        }
+    }
+    serde_saphyr::from_str_with_options(text, yaml_options())
+        .map_err(|e| PayloadError::Syntax(e.to_string()))
 }
 
 /// YAML options for untrusted-shaped input: Kubernetes' YAML 1.1 reading of octal numbers
@@ -287,8 +405,7 @@ pub(super) fn yaml_options() -> serde_saphyr::Options {
 /// Parse a payload (YAML or JSON) into a bundle, refusing more than `max_items` items.
 pub fn parse(bytes: &[u8], max_items: usize) -> Result<Bundle, PayloadError> {
     let text = std::str::from_utf8(bytes).map_err(|_| PayloadError::NotUtf8)?;
-    let doc: PayloadDocument = serde_saphyr::from_str_with_options(text, yaml_options())
-        .map_err(|e| PayloadError::Syntax(e.to_string()))?;
+    let doc = read_document(text)?;
     if doc.api_version != API_VERSION {
         return Err(PayloadError::ApiVersion {
             found: doc.api_version,
@@ -296,6 +413,9 @@ pub fn parse(bytes: &[u8], max_items: usize) -> Result<Bundle, PayloadError> {
     }
     if doc.kind != KIND {
         return Err(PayloadError::Kind { found: doc.kind });
+    }
+    if doc.sequence == 0 {
+        return Err(PayloadError::SequenceZero);
     }
     if doc.expires_at <= doc.issued_at {
         return Err(PayloadError::Validity {
@@ -313,7 +433,9 @@ pub fn parse(bytes: &[u8], max_items: usize) -> Result<Bundle, PayloadError> {
     })
 }
 
-/// Type each item by its kind, refusing other kinds and duplicates.
+/// Type each item by its kind, refusing other kinds, duplicates, and items an agent would not
+/// write (checked as the agent checks objects from the cluster: manifest name, template,
+/// strategy, rendering).
 pub(super) fn parse_items(
     items: Vec<Value>,
     max_items: usize,
@@ -344,6 +466,8 @@ pub(super) fn parse_items(
                     item.name()
                 )));
             }
+            item.desired()
+                .map_err(|reason| PayloadError::InvalidItem { index, reason })?;
             Ok(item)
         })
         .collect()
@@ -455,7 +579,8 @@ pub(super) mod tests {
         volumes:
         - name: conf
           hostPath: {path: /etc/nginx}
-          configMap: {defaultMode: 0644, name: x}
+        - name: info
+          downwardAPI: {defaultMode: 0644, items: []}
   status:
     observedGeneration: 3
     readyNumber: 1
@@ -516,8 +641,8 @@ pub(super) mod tests {
             .as_ref()
             .and_then(|s| s.volumes.clone());
         let mode = volumes
-            .and_then(|v| v.first().cloned())
-            .and_then(|v| v.config_map)
+            .and_then(|v| v.get(1).cloned())
+            .and_then(|v| v.downward_api)
             .and_then(|c| c.default_mode);
         assert_eq!(mode, Some(0o644), "0644 read as Kubernetes reads it");
     }
@@ -533,6 +658,50 @@ pub(super) mod tests {
         let static_pod = json.replace("YurtStaticSet", "StaticPod");
         let bundle = parse(static_pod.as_bytes(), DEFAULT_MAX_ITEMS).expect("StaticPod parses");
         assert_eq!(bundle.items[0].kind(), "StaticPod");
+    }
+
+    #[test]
+    fn the_json_reader_reads_as_the_yaml_reader_does() {
+        let text = payload(3, "");
+        let value: Value =
+            serde_saphyr::from_str_with_options(&text, yaml_options()).expect("yaml");
+        let json = serde_json::to_string_pretty(&value).expect("json");
+        let from_yaml = parse(text.as_bytes(), DEFAULT_MAX_ITEMS).expect("YAML parses");
+        let from_json = parse(json.as_bytes(), DEFAULT_MAX_ITEMS).expect("JSON parses");
+        assert_eq!(from_yaml, from_json);
+        // A repeated key is refused by both readers, never "last wins".
+        let twice = json.replacen(
+            "\"name\": \"nginx\"",
+            "\"name\": \"nginx\", \"name\": \"evil\"",
+            1,
+        );
+        assert!(twice.contains("evil"), "{twice}");
+        assert!(
+            err(&twice).contains("duplicate key \"name\""),
+            "{}",
+            err(&twice)
+        );
+        let yaml_twice = text.replacen("    name: nginx\n", "    name: nginx\n    name: evil\n", 1);
+        assert!(
+            err(&yaml_twice).contains("duplicate"),
+            "{}",
+            err(&yaml_twice)
+        );
+        // A wrong field in JSON is named.
+        let wrong = json.replacen("\"sequence\": 3", "\"sequence\": \"three\"", 1);
+        assert!(
+            err(&wrong).contains("sequence: invalid type: string \"three\""),
+            "{}",
+            err(&wrong)
+        );
+        // YAML flow style starts with `{` too: not JSON, read as YAML.
+        let flow = format!(
+            "{{apiVersion: {API_VERSION}, kind: Bundle, sequence: 1, \
+             issuedAt: '2025-01-01T00:00:00Z', expiresAt: '2025-02-01T00:00:00Z', items: []}}"
+        );
+        assert_eq!(parse(flow.as_bytes(), 1).expect("flow YAML").sequence, 1);
+        // Trailing text after the JSON: handed to the YAML reader, which refuses it.
+        assert!(parse(format!("{json} trailing").as_bytes(), DEFAULT_MAX_ITEMS).is_err());
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Refusal {
         match self {
             Refusal::Envelope(DsseError::TooLarge { .. } | DsseError::TooManySignatures { .. })
             | Refusal::Payload(PayloadError::TooManyItems { .. }) => "too_large",
+            Refusal::Payload(PayloadError::InvalidItem { .. }) => "invalid_item",
             Refusal::Envelope(_) | Refusal::Payload(_) => "malformed",
             Refusal::PayloadType { .. } => "payload_type",
             Refusal::BadSignature { .. } => "bad_signature",

@@ -170,3 +170,66 @@ fn keys_made_by_keygen_work_with_openssl() {
         d,
     );
 }
+
+#[test]
+fn sign_refuses_items_every_agent_would_refuse_naming_the_item() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let d = dir.path();
+    let (ok, _, err) = support::run_in(d, &["bundle", "keygen", "--out", "ops"]);
+    assert!(ok, "keygen: {err}");
+    let second = ITEMS
+        .replace("name: nginx\n  namespace", "name: web\n  namespace")
+        .replace("staticPodManifest: nginx", "staticPodManifest: web");
+    for (file, from, to, expected) in [
+        (
+            "traversal.yaml",
+            "staticPodManifest: web",
+            "staticPodManifest: ../../etc/cron.d/x",
+            "item 1 would be refused: StaticPod default/web: spec.staticPodManifest: must be a plain file name (no path), got \"../../etc/cron.d/x\"",
+        ),
+        (
+            "secret.yaml",
+            "        image: nginx:1.19.2\n",
+            "        image: nginx:1.19.2\n      volumes:\n      - name: tls\n        secret: {secretName: tls}\n",
+            "item 1 would be refused: StaticPod default/web: spec.template.spec.volumes[0].secret: a static pod may not reference a secret volume",
+        ),
+        (
+            "kind.yaml",
+            "kind: StaticPod",
+            "kind: DaemonSet",
+            "item 1: kind \"DaemonSet\" is not StaticPod or YurtStaticSet",
+        ),
+        (
+            "strategy.yaml",
+            "type: OTA",
+            "type: Whenever",
+            "item 1 would be refused: StaticPod default/web: ",
+        ),
+    ] {
+        assert!(second.contains(from), "the fixture lacks {from:?}");
+        let items = format!("{ITEMS}---\n{}", second.replacen(from, to, 1));
+        std::fs::write(d.join(file), items).expect("writing items");
+        let (ok, out, err) = support::run_in(
+            d,
+            &[
+                "bundle",
+                "sign",
+                "--key",
+                "ops.key",
+                "--sequence",
+                "3",
+                file,
+                "-o",
+                "out.bundle",
+            ],
+        );
+        assert!(
+            !ok && err.contains(expected),
+            "{file}: expected a refusal containing {expected:?}; got {out}{err}"
+        );
+        assert!(
+            !d.join("out.bundle").exists(),
+            "{file}: a refused bundle was written"
+        );
+    }
+}
