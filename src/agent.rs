@@ -20,7 +20,10 @@ use tokio::time::Instant;
 
 use crate::config::{Config, DriftMode};
 use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
+use crate::desired::applied::{Application, Applied, Verdict};
+use crate::desired::authority::{Connectivity, probe_interval};
 use crate::desired::drop::{DropDir, Dropped};
+use crate::desired::http::{FetchSettings, Fetcher, HttpSource, Polled, Released, jittered};
 use crate::desired::{DesiredObject, ObjectKey, Refusal, Strategy, cache, cluster};
 use crate::kubeclient::reflect;
 use crate::manifest::store::{ManifestStore, StoreError};
@@ -30,7 +33,7 @@ use crate::rollout::events::{Reason, Recorder};
 use crate::rollout::journal::Journal;
 use crate::rollout::plan::{MirrorState, Plan, plan};
 use crate::rollout::slots::{SlotOwner, Slots, random_below};
-use crate::rollout::upgrade::{FailedHashes, InFlight, MirrorPods, Upgrader};
+use crate::rollout::upgrade::{FailedHashes, InFlight, MirrorPods, Outcome, Upgrader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -227,16 +230,47 @@ fn changes_manifests(event: &notify::Event) -> bool {
             }))
 }
 
+/// This node's labels as last seen (for bundle targeting); none before the Node is cached.
+fn node_labels(node_cache: &Store<Node>) -> BTreeMap<String, String> {
+    node_cache
+        .state()
+        .first()
+        .and_then(|n| n.metadata.labels.clone())
+        .unwrap_or_default()
+}
+
+/// Where an accepted bundle came from, for the record of what bundles set.
+struct Origin {
+    sequence: u64,
+    /// Its URL, or the dropped file.
+    source: String,
+}
+
+/// What applying bundles needs from the agent (cloned into the drop-directory and URL tasks).
+#[derive(Clone)]
+struct BundleApplier {
+    node: String,
+    upgrader: Arc<Upgrader>,
+    running: Arc<InFlight>,
+    store: Arc<ManifestStore>,
+    changed: Arc<Notify>,
+    applied: Arc<Applied>,
+    /// kubelet's pod list URL and token (readiness without the API server).
+    kubelet: (String, Option<String>),
+}
+
 /// Upgrade each member of a bundle's objects that is behind, without slots, reading readiness
-/// from kubelet's pod list.
-fn apply_bundle(
-    upgrader: &Arc<Upgrader>,
-    running: &Arc<InFlight>,
-    store: &Arc<ManifestStore>,
-    changed: &Arc<Notify>,
-    (url, token): &(String, Option<String>),
-    objects: Vec<DesiredObject>,
-) {
+/// from kubelet's pod list; record what succeeded (see [`Applied`]).
+fn apply_bundle(applier: &BundleApplier, origin: &Origin, objects: Vec<DesiredObject>) {
+    let BundleApplier {
+        node,
+        upgrader,
+        running,
+        store,
+        changed,
+        applied,
+        kubelet: (url, token),
+    } = applier;
     let failed = upgrader.failed.snapshot();
     for d in objects {
         let local = match store.read(&d.manifest) {
@@ -269,19 +303,84 @@ fn apply_bundle(
                 continue;
             }
         };
+        applied.begin(&d.manifest, origin.sequence);
         let offline_upgrader = upgrader.with_mirrors(kubelet);
-        let (running, changed) = (running.clone(), changed.clone());
+        let (running, changed, applied) = (running.clone(), changed.clone(), applied.clone());
+        let (node, sequence, source) = (node.clone(), origin.sequence, origin.source.clone());
         tokio::spawn(async move {
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
-            match offline_upgrader.upgrade(&d, None, superseded, || {}).await {
-                Ok(outcome) => tracing::info!(object = %d.key, ?outcome, "bundle item applied"),
-                Err(e) => tracing::error!(object = %d.key, error = %e, "bundle item failed"),
-            }
+            let succeeded = match offline_upgrader.upgrade(&d, None, superseded, || {}).await {
+                Ok(outcome) => {
+                    tracing::info!(object = %d.key, node = %node, sequence, ?outcome, "bundle item applied");
+                    matches!(outcome, Outcome::Succeeded { .. }).then(|| Application {
+                        object: d.key.clone(),
+                        manifest: d.manifest.clone(),
+                        sequence,
+                        source,
+                        hash: d.hash.clone(),
+                        applied_at: k8s_openapi::jiff::Timestamp::now(),
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(object = %d.key, node = %node, sequence, error = %e, "bundle item failed");
+                    None
+                }
+            };
+            applied.end(&d.manifest, succeeded);
             running.end(&d.manifest);
             changed.notify_one();
         });
     }
+}
+
+/// Log (and count) what one poll of a bundle URL found. `authoritative`: the cluster is, so a
+/// new bundle is held back.
+fn report_polled(node: &str, polled: Polled, authoritative: bool, failing: &mut HashSet<String>) {
+    let result = match polled {
+        Polled::Unchanged { url } => {
+            failing.remove(&url);
+            "unchanged"
+        }
+        Polled::Held {
+            url,
+            sequence,
+            items,
+        } => {
+            failing.remove(&url);
+            if authoritative {
+                tracing::info!(node = %node, %url, sequence, items, "fetched bundle verified; held back: the cluster is authoritative while the API server is reachable");
+            } else {
+                tracing::info!(node = %node, %url, sequence, items, "fetched bundle verified");
+            }
+            "changed"
+        }
+        Polled::Refused {
+            url,
+            reason,
+            message,
+        } => {
+            failing.remove(&url);
+            crate::metrics::inc(
+                "staticpod_puller_bundle_refusals_total",
+                &[("reason", reason), ("source", "http")],
+            );
+            tracing::warn!(node = %node, %url, reason, %message, "fetched bundle refused; nothing from it is used");
+            "changed"
+        }
+        Polled::Failed { url, error } => {
+            if failing.insert(url.clone()) {
+                tracing::warn!(node = %node, %url, error = %error, "fetching a bundle URL failed (retried with backoff; polled again later)");
+            } else {
+                tracing::debug!(node = %node, %url, error = %error, "fetching a bundle URL failed again");
+            }
+            "error"
+        }
+    };
+    crate::metrics::inc(
+        "staticpod_puller_bundle_fetches_total",
+        &[("result", result)],
+    );
 }
 
 /// Something not converged after a pass.
@@ -335,6 +434,12 @@ pub struct Agent {
     ota: Arc<Ota>,
     /// Set with trust.requireSignedTemplates: the keys object signatures must verify against.
     template_policy: Option<crate::bundle::TrustPolicy>,
+    /// Whether the API server answers, and since when not (who is authoritative).
+    connectivity: Arc<Connectivity>,
+    /// What bundles set on this node.
+    applied: Arc<Applied>,
+    /// Bundle-set manifests already reported as kept while offline: (manifest, sequence).
+    kept_reported: HashSet<(String, u64)>,
 }
 
 impl Agent {
@@ -390,6 +495,19 @@ impl Agent {
             kubelet_pods_url: config.ota.kubelet_pods_url.clone(),
             kubelet_token,
         };
+        let applied = Arc::new(Applied::load(store.clone()));
+        // Reachability matters only to bundles: without a bundle source nothing probes.
+        let connectivity = if config.bundle.urls.is_empty() && config.bundle.drop_dir.is_empty() {
+            Connectivity::fixed(true)
+        } else {
+            let changed = caches.changed.clone();
+            Connectivity::start(
+                client.clone(),
+                probe_interval(config.bundle.offline_after.0),
+                &node,
+                move |_| changed.notify_one(),
+            )
+        };
         let ota = Arc::new(Ota::new(
             &node,
             client.clone(),
@@ -400,6 +518,7 @@ impl Agent {
             upgrader.clone(),
             running.clone(),
             caches.changed.clone(),
+            applied.clone(),
         ));
         ota.seed_desired(last_cached.clone());
         let template_policy = if config.trust.require_signed_templates {
@@ -431,7 +550,25 @@ impl Agent {
             member_counts: HashMap::new(),
             ota,
             template_policy,
+            connectivity,
+            applied,
+            kept_reported: HashSet::new(),
         })
+    }
+
+    fn bundle_applier(&self) -> BundleApplier {
+        BundleApplier {
+            node: self.node.clone(),
+            upgrader: self.upgrader.clone(),
+            running: self.running.clone(),
+            store: self.store.clone(),
+            changed: self.caches.changed.clone(),
+            applied: self.applied.clone(),
+            kubelet: (
+                self.config.ota.kubelet_pods_url.clone(),
+                self.ota.offline.kubelet_token.clone(),
+            ),
+        }
     }
 
     /// Watch `bundle.dropDir` (when set): verify each complete file, move it to processed/ or
@@ -452,24 +589,11 @@ impl Agent {
         )
         .map_err(|e| AgentError::Config(e.to_string()))?;
         let (node, node_cache) = (self.node.clone(), self.caches.node.clone());
-        let (upgrader, running, store, changed) = (
-            self.upgrader.clone(),
-            self.running.clone(),
-            self.store.clone(),
-            self.caches.changed.clone(),
-        );
-        let kubelet = (
-            self.config.ota.kubelet_pods_url.clone(),
-            self.ota.offline.kubelet_token.clone(),
-        );
+        let applier = self.bundle_applier();
         tracing::info!(node = %node, dir = %settings.drop_dir, "watching the bundle drop directory");
         tokio::spawn(async move {
             loop {
-                let labels = node_cache
-                    .state()
-                    .first()
-                    .and_then(|n| n.metadata.labels.clone())
-                    .unwrap_or_default();
+                let labels = node_labels(&node_cache);
                 for result in drop_dir.scan(&node, &labels, Instant::now()) {
                     match result {
                         Err(e) => tracing::error!(node = %node, error = %e, "drop directory"),
@@ -480,7 +604,7 @@ impl Agent {
                         }) => {
                             crate::metrics::inc(
                                 "staticpod_puller_bundle_refusals_total",
-                                &[("reason", reason)],
+                                &[("reason", reason), ("source", "drop")],
                             );
                             tracing::warn!(node = %node, file = %file.display(), reason, %message, "bundle rejected")
                         }
@@ -494,11 +618,106 @@ impl Agent {
                             for r in refused {
                                 tracing::warn!(node = %node, sequence, item = %r, "bundle item refused; nothing written for it");
                             }
-                            apply_bundle(&upgrader, &running, &store, &changed, &kubelet, objects);
+                            let origin = Origin {
+                                sequence,
+                                source: file.display().to_string(),
+                            };
+                            apply_bundle(&applier, &origin, objects);
                         }
                     }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Poll `bundle.urls` (when set): verify what they serve and hold it while the cluster is
+    /// authoritative; once the API server has been unreachable for `bundle.offlineAfter`, admit
+    /// the held bundles for good and apply their items as dropped ones are (see
+    /// [`crate::desired::http`] and [`crate::desired::authority`]).
+    pub fn watch_bundle_urls(&self) -> Result<(), AgentError> {
+        let settings = self.config.bundle.clone();
+        if settings.urls.is_empty() {
+            return Ok(());
+        }
+        let trust = &self.config.trust;
+        let policy = crate::bundle::TrustPolicy::load(&trust.trusted_keys, trust.threshold)
+            .map_err(|e| AgentError::Config(format!("trust.trustedKeys: {e}")))?;
+        let cap = policy.limits().envelope.max_envelope_bytes;
+        let fetcher = Fetcher::new(FetchSettings::new(settings.ca_file.clone(), cap))
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let mut source = HttpSource::new(&settings.urls, fetcher, policy, &self.config.state_dir);
+        let (node, node_cache) = (self.node.clone(), self.caches.node.clone());
+        let (connectivity, ota, applier) = (
+            self.connectivity.clone(),
+            self.ota.clone(),
+            self.bundle_applier(),
+        );
+        let (poll_interval, offline_after) = (settings.poll_interval.0, settings.offline_after.0);
+        tracing::info!(node = %node, urls = ?settings.urls, poll_interval = %settings.poll_interval, offline_after = %settings.offline_after, "polling bundle URLs");
+        tokio::spawn(async move {
+            let mut next_poll = Instant::now();
+            // URLs whose last fetch failed (said once until one succeeds).
+            let mut failing: HashSet<String> = HashSet::new();
+            loop {
+                let labels = node_labels(&node_cache);
+                if Instant::now() >= next_poll {
+                    let authoritative = !connectivity
+                        .reach()
+                        .fetched_bundles_apply(Instant::now(), offline_after);
+                    for polled in source
+                        .poll(&node, &labels, k8s_openapi::jiff::Timestamp::now())
+                        .await
+                    {
+                        report_polled(&node, polled, authoritative, &mut failing);
+                    }
+                    ota.set_held_bundles(source.held());
+                    next_poll = Instant::now() + jittered(poll_interval);
+                }
+                if !source.held().is_empty()
+                    && connectivity
+                        .reach()
+                        .fetched_bundles_apply(Instant::now(), offline_after)
+                {
+                    for released in
+                        source.release(&node, &labels, k8s_openapi::jiff::Timestamp::now())
+                    {
+                        match released {
+                            Released::Accepted {
+                                url,
+                                sequence,
+                                objects,
+                                refused,
+                            } => {
+                                tracing::info!(node = %node, %url, sequence, objects = objects.len(), "API server unreachable for bundle.offlineAfter: applying the fetched bundle");
+                                for r in refused {
+                                    tracing::warn!(node = %node, sequence, item = %r, "bundle item refused; nothing written for it");
+                                }
+                                let origin = Origin {
+                                    sequence,
+                                    source: url,
+                                };
+                                apply_bundle(&applier, &origin, objects);
+                            }
+                            Released::Refused {
+                                url,
+                                sequence,
+                                reason,
+                                message,
+                            } => {
+                                crate::metrics::inc(
+                                    "staticpod_puller_bundle_refusals_total",
+                                    &[("reason", reason), ("source", "http")],
+                                );
+                                tracing::warn!(node = %node, %url, sequence, reason, %message, "fetched bundle refused; nothing written");
+                            }
+                        }
+                    }
+                    ota.set_held_bundles(source.held());
+                }
+                let until_poll = next_poll.saturating_duration_since(Instant::now());
+                tokio::time::sleep(until_poll.min(Duration::from_secs(1))).await;
             }
         });
         Ok(())
@@ -723,11 +942,8 @@ impl Agent {
         }
         let failed = self.upgrader.failed.snapshot();
         let mut pending: Vec<Pending> = Vec::new();
+        let cluster_authoritative = self.connectivity.reach().cluster_authoritative();
         for d in desired.values() {
-            if self.running.update(&d.manifest, &d.hash) {
-                pending.push(Pending::moving(format!("{} upgrading", d.key)));
-                continue;
-            }
             let local = match self.store.read(&d.manifest) {
                 Ok(l) => l,
                 Err(e) => {
@@ -735,6 +951,17 @@ impl Agent {
                     continue;
                 }
             };
+            if let Some(p) = self
+                .after_bundle(d, local.as_deref(), cluster_authoritative)
+                .await
+            {
+                pending.push(p);
+                continue;
+            }
+            if self.running.update(&d.manifest, &d.hash) {
+                pending.push(Pending::moving(format!("{} upgrading", d.key)));
+                continue;
+            }
             let mirror_name = format!("{}-{}", d.key.name, self.node);
             let mirror = self.upgrader.mirrors.mirror(&d.key.namespace, &mirror_name);
             let next = plan(d, local.as_deref(), mirror.as_ref(), &failed);
@@ -792,6 +1019,58 @@ impl Agent {
             }
         }
         pending
+    }
+
+    /// What bundles set decides first (see [`crate::desired::applied`]): a bundle upgrade
+    /// running is left to end, a bundle's file is kept while the API server is unreachable,
+    /// and once the cluster is authoritative again a bundle's file it differs from is reported
+    /// with an Event, then reconciled as usual. `Some` skips the object in this pass.
+    async fn after_bundle(
+        &mut self,
+        d: &DesiredObject,
+        local: Option<&[u8]>,
+        cluster_authoritative: bool,
+    ) -> Option<Pending> {
+        let local_hash = local.and_then(crate::manifest::hash_of_manifest);
+        match self.applied.judge(
+            &d.manifest,
+            local_hash.as_deref(),
+            &d.hash,
+            cluster_authoritative,
+        ) {
+            Verdict::NotFromBundle => None,
+            Verdict::Applying { sequence } => Some(Pending::moving(format!(
+                "{} upgrading from bundle {sequence}",
+                d.key
+            ))),
+            Verdict::Stale | Verdict::Agrees => {
+                self.applied.forget(&d.manifest);
+                None
+            }
+            Verdict::KeptOffline(a) => {
+                if self.kept_reported.insert((d.manifest.clone(), a.sequence)) {
+                    tracing::info!(object = %d.key, node = %self.node, sequence = a.sequence, local_hash = %a.hash, cluster_hash = %d.hash, "API server unreachable: keeping the manifest set from the bundle");
+                }
+                // Not settled: it changes when the API server answers again.
+                Some(Pending::moving(format!(
+                    "{}: set from bundle {} ({}); the API server is unreachable",
+                    d.key, a.sequence, a.hash
+                )))
+            }
+            Verdict::Superseded(a) => {
+                let message = format!(
+                    "{}.yaml was set from bundle sequence {} ({}) to {}; the API server is reachable again and the cluster's template {} replaces it",
+                    d.manifest, a.sequence, a.source, a.hash, d.hash
+                );
+                tracing::warn!(object = %d.key, node = %self.node, sequence = a.sequence, local_hash = %a.hash, cluster_hash = %d.hash, "reconnected: the cluster's template supersedes the bundle's");
+                self.events
+                    .emit(&d.key, &d.uid, Reason::BundleSuperseded, &message)
+                    .await;
+                self.applied.forget(&d.manifest);
+                self.kept_reported.remove(&(d.manifest.clone(), a.sequence));
+                None
+            }
+        }
     }
 
     /// OTA: keep `PodNeedUpgrade` on this node's mirror pod saying whether an upgrade is

@@ -73,11 +73,31 @@ impl Default for Metrics {
 }
 
 /// Signed bundles.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Bundle {
     /// A directory where dropped bundle files are verified and applied; empty: none.
     pub drop_dir: String,
+    /// http:// or https:// URLs polled for a bundle; empty: none.
+    pub urls: Vec<String>,
+    /// How often each URL is polled (each wait drawn within ±20% of it).
+    pub poll_interval: HumanDuration,
+    /// PEM CA certificates added to the trust roots for https URLs (private servers).
+    pub ca_file: Option<PathBuf>,
+    /// How long the API server must have been unreachable before a fetched bundle applies.
+    pub offline_after: HumanDuration,
+}
+
+impl Default for Bundle {
+    fn default() -> Self {
+        Bundle {
+            drop_dir: String::new(),
+            urls: Vec::new(),
+            poll_interval: HumanDuration(Duration::from_secs(60)),
+            ca_file: None,
+            offline_after: HumanDuration(Duration::from_secs(600)),
+        }
+    }
 }
 
 /// Whom the agent trusts to sign bundles and templates.
@@ -420,8 +440,28 @@ impl Config {
                 format!("expected an absolute path, got {:?}", self.bundle.drop_dir),
             ));
         }
+        for (i, url) in self.bundle.urls.iter().enumerate() {
+            if let Err(reason) = crate::desired::http::check_url(url) {
+                return Err(invalid(&format!("bundle.urls[{i}]"), reason));
+            }
+        }
+        for (key, d) in [
+            ("bundle.pollInterval", self.bundle.poll_interval),
+            ("bundle.offlineAfter", self.bundle.offline_after),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(key, "must be longer than 0s".to_string()));
+            }
+        }
+        if let Some(path) = &self.bundle.ca_file
+            && let Err(reason) = crate::desired::http::read_ca_file(path)
+        {
+            return Err(invalid("bundle.caFile", reason));
+        }
         let needs_keys = if !self.bundle.drop_dir.is_empty() {
             Some("a drop directory (bundle.dropDir)")
+        } else if !self.bundle.urls.is_empty() {
+            Some("bundle URLs (bundle.urls)")
         } else if self.trust.require_signed_templates {
             Some("trust.requireSignedTemplates")
         } else {
@@ -688,6 +728,66 @@ mod tests {
                 "for {text:?}: expected {key} / {reason}, got: {err}"
             );
             assert!(err.contains("test.yaml"), "the error names the file: {err}");
+        }
+    }
+
+    #[test]
+    fn bundle_sources_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("ops.pub");
+        let keys = format!("trust:\n  trustedKeys: [{}]\n", key.display());
+        let ok = parse(&format!(
+            "bundle:\n  urls: [https://bundles.example/edge.bundle]\n  pollInterval: 30s\n  offlineAfter: 2m\n{keys}"
+        ))
+        .expect("valid bundle settings");
+        assert_eq!(ok.bundle.urls, ["https://bundles.example/edge.bundle"]);
+        assert_eq!(ok.bundle.poll_interval.0, Duration::from_secs(30));
+        assert_eq!(ok.bundle.offline_after.0, Duration::from_secs(120));
+        let not_a_ca = dir.path().join("ca.pem");
+        std::fs::write(&not_a_ca, "hello\n").expect("writing");
+        let cases = [
+            (
+                format!("bundle:\n  urls: [ftp://x/b]\n{keys}"),
+                "bundle.urls[0]",
+                "expected an http:// or https:// URL",
+            ),
+            (
+                format!("bundle:\n  urls: [\"not a url\"]\n{keys}"),
+                "bundle.urls[0]",
+                "expected an http:// or https:// URL",
+            ),
+            (
+                "bundle:\n  urls: [http://10.0.0.1/b]\n".to_string(),
+                "trust.trustedKeys",
+                "bundle URLs (bundle.urls) needs at least one trusted public key",
+            ),
+            (
+                "bundle:\n  pollInterval: 0s\n".to_string(),
+                "bundle.pollInterval",
+                "longer than 0s",
+            ),
+            (
+                "bundle:\n  offlineAfter: 0s\n".to_string(),
+                "bundle.offlineAfter",
+                "longer than 0s",
+            ),
+            (
+                "bundle:\n  caFile: /nonexistent/ca.pem\n".to_string(),
+                "bundle.caFile",
+                "reading /nonexistent/ca.pem",
+            ),
+            (
+                format!("bundle:\n  caFile: {}\n", not_a_ca.display()),
+                "bundle.caFile",
+                "no certificate",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let err = parse(&text).expect_err(&text);
+            assert!(
+                err.contains(key) && err.contains(reason),
+                "for {text:?}: expected {key} / {reason}, got: {err}"
+            );
         }
     }
 

@@ -25,7 +25,11 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         "staticpod_puller_bundle_refusals_total",
-        "Bundles refused, by reason.",
+        "Bundles refused, by reason and source (drop, http).",
+    ),
+    (
+        "staticpod_puller_bundle_fetches_total",
+        "Polls of bundle URLs, by result (changed, unchanged, error).",
     ),
     (
         "staticpod_puller_watch_errors_total",

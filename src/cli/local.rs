@@ -161,6 +161,24 @@ pub fn status(args: StatusArgs, config: Config) -> anyhow::Result<ExitCode> {
     for r in status["refused"].as_array().into_iter().flatten() {
         println!("refused: {}: {}", text(&r["object"]), text(&r["reason"]));
     }
+    for h in status["heldBundles"].as_array().into_iter().flatten() {
+        println!(
+            "held back (the cluster is authoritative): bundle {} from {}, {} items, expires {}",
+            h["sequence"],
+            text(&h["url"]),
+            h["items"],
+            text(&h["expiresAt"])
+        );
+    }
+    for a in status["fromBundles"].as_array().into_iter().flatten() {
+        println!(
+            "set from bundle {} ({}): {}.yaml at {}",
+            a["sequence"],
+            text(&a["source"]),
+            text(&a["manifest"]),
+            text(&a["hash"])
+        );
+    }
     let slots: Vec<String> = status["slotsHeld"]
         .as_array()
         .into_iter()

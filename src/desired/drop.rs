@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::bundle::{self, AcceptError, BundleItem, StateStore, TrustPolicy};
-use crate::desired::{DesiredObject, cluster};
+use crate::bundle::{self, AcceptError, StateStore, TrustPolicy};
+use crate::desired::{DesiredObject, bundle_objects};
 
 /// How long a file's size and mtime must hold still before it is read.
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -154,18 +154,7 @@ impl DropDir {
         match verdict {
             Ok(verified) => {
                 let file = self.move_to(path, "processed")?;
-                let mut objects = Vec::new();
-                let mut refused = Vec::new();
-                for item in &verified.bundle.items {
-                    let converted = match item {
-                        BundleItem::StaticPod(o) => cluster::from_static_pod(o),
-                        BundleItem::YurtStaticSet(o) => cluster::from_yurt_static_set(o),
-                    };
-                    match converted {
-                        Ok(d) => objects.push(d),
-                        Err(r) => refused.push(format!("{}: {}", r.key, r.reason)),
-                    }
-                }
+                let (objects, refused) = bundle_objects(&verified.bundle);
                 Ok(Dropped::Accepted {
                     file,
                     sequence: verified.bundle.sequence,

@@ -1,10 +1,15 @@
-//! Sources of desired state: the cluster (watched, cached in the state directory) and, later,
-//! signed bundles. Everything downstream sees a [`DesiredObject`]: an object already
-//! validated and rendered, or refused with a reason.
+//! Sources of desired state: the cluster (watched, cached in the state directory) and signed
+//! bundles, dropped into a directory ([`drop`]) or fetched over HTTP(S) ([`http`]), and who
+//! is authoritative when they disagree ([`authority`]; what bundles set is remembered by
+//! [`applied`]). Everything downstream sees a [`DesiredObject`]: an object already validated
+//! and rendered, or refused with a reason.
 
+pub mod applied;
+pub mod authority;
 pub mod cache;
 pub mod cluster;
 pub mod drop;
+pub mod http;
 
 use std::fmt;
 
@@ -87,6 +92,24 @@ impl DesiredObject {
             ..self.clone()
         }
     }
+}
+
+/// A verified bundle's items as desired objects, and the items that could not become one
+/// (invalid templates), each as `object: reason`.
+pub fn bundle_objects(bundle: &crate::bundle::Bundle) -> (Vec<DesiredObject>, Vec<String>) {
+    let mut objects = Vec::new();
+    let mut refused = Vec::new();
+    for item in &bundle.items {
+        let converted = match item {
+            crate::bundle::BundleItem::StaticPod(o) => cluster::from_static_pod(o),
+            crate::bundle::BundleItem::YurtStaticSet(o) => cluster::from_yurt_static_set(o),
+        };
+        match converted {
+            Ok(d) => objects.push(d),
+            Err(r) => refused.push(format!("{}: {}", r.key, r.reason)),
+        }
+    }
+    (objects, refused)
 }
 
 /// An object this agent will not act on, and why (reported as an Event and a log line).

@@ -171,8 +171,9 @@ pub struct Offline {
     pub kubelet_token: Option<String>,
 }
 
-/// How long the API server has to answer before an upgrade request is handled offline.
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the API server has to answer before an upgrade request is handled offline (and
+/// before a connectivity probe counts it unreachable).
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The OTA side of the agent, shared with the local API.
 pub struct Ota {
@@ -193,6 +194,10 @@ pub struct Ota {
     records: Mutex<HashMap<(String, String), Record>>,
     /// The agent's caches hold a first full list.
     synced: std::sync::atomic::AtomicBool,
+    /// What bundles set on this node (for the status).
+    applied: Arc<crate::desired::applied::Applied>,
+    /// Fetched bundles verified and held back (for the status).
+    held_bundles: Mutex<Vec<crate::desired::http::Held>>,
 }
 
 impl Ota {
@@ -207,6 +212,7 @@ impl Ota {
         upgrader: Arc<Upgrader>,
         running: Arc<InFlight>,
         changed: Arc<Notify>,
+        applied: Arc<crate::desired::applied::Applied>,
     ) -> Ota {
         Ota {
             node: node.to_string(),
@@ -222,7 +228,21 @@ impl Ota {
             refused: Mutex::new(Vec::new()),
             records: Mutex::new(HashMap::new()),
             synced: std::sync::atomic::AtomicBool::new(false),
+            applied,
+            held_bundles: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Called by the bundle URL poller with the bundles it holds back.
+    pub fn set_held_bundles(&self, held: Vec<crate::desired::http::Held>) {
+        *self.held_bundles.lock().unwrap_or_else(|e| e.into_inner()) = held;
+    }
+
+    pub fn held_bundles(&self) -> Vec<crate::desired::http::Held> {
+        self.held_bundles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The desired state cached by a previous run, until the first pass (an agent restarted

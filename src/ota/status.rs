@@ -17,6 +17,24 @@ pub struct NodeStatus {
     pub refused: Vec<RefusedObject>,
     /// Upgrade slot Leases this node holds.
     pub slots_held: Vec<String>,
+    /// Fetched bundles verified but held back: the cluster is authoritative while the API
+    /// server is reachable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held_bundles: Vec<HeldBundle>,
+    /// Manifests a bundle set that the cluster has not reconciled yet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_bundles: Vec<crate::desired::applied::Application>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldBundle {
+    pub url: String,
+    pub sequence: u64,
+    pub items: usize,
+    pub expires_at: String,
+    /// When it was fetched and verified.
+    pub since: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,12 +131,25 @@ impl Ota {
             .filter_map(|l| l.metadata.name.clone())
             .collect();
         slots_held.sort();
+        let held_bundles = self
+            .held_bundles()
+            .into_iter()
+            .map(|h| HeldBundle {
+                url: h.url,
+                sequence: h.sequence,
+                items: h.items,
+                expires_at: h.expires_at.to_string(),
+                since: h.since.to_string(),
+            })
+            .collect();
         NodeStatus {
             node: self.node.clone(),
             api_server_reachable: self.online().await,
             objects,
             refused,
             slots_held,
+            held_bundles,
+            from_bundles: self.applied.all(),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Events on the object, from each node: upgrade started, succeeded, rolled back, refused.
+//! Events on the object, from each node: upgrade started, succeeded, rolled back, refused,
+//! drift, and a bundle's manifest superseded by the cluster after reconnection.
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -16,6 +17,8 @@ pub enum Reason {
     Refused,
     DriftRestored,
     DriftDetected,
+    /// Back online, the cluster's template replaces a manifest a signed bundle set.
+    BundleSuperseded,
 }
 
 impl Reason {
@@ -27,6 +30,7 @@ impl Reason {
             Reason::Refused => "Refused",
             Reason::DriftRestored => "DriftRestored",
             Reason::DriftDetected => "DriftDetected",
+            Reason::BundleSuperseded => "BundleSuperseded",
         }
     }
 
