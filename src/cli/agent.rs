@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use staticpod_puller::agent::Agent;
+use staticpod_puller::agent::{Agent, AgentError};
 use staticpod_puller::config::{Config, HumanDuration};
 
 /// Flags that override the configuration file, shared by `run` and `sync`.
@@ -98,20 +98,47 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// `run`'s exit status for a configuration it cannot run with (sysexits' EX_CONFIG). The
+/// systemd unit does not restart on it: restarting cannot fix a missing kubeconfig, and a
+/// crash loop would bury the message saying what is missing.
+pub fn exit_config() -> ExitCode {
+    ExitCode::from(78)
+}
+
 pub fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {
-    let config = args.flags.apply(config)?;
+    let config = match args.flags.apply(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(exit_config());
+        }
+    };
+    if !config.kubeconfig.is_file() {
+        eprintln!(
+            "error: no kubeconfig at {}: this node has not been joined yet. Run `staticpod-puller join --kubeconfig FILE ...` (see `man staticpod-puller-join`), or set kubeconfig in the configuration file. Not restarting until the configuration changes.",
+            config.kubeconfig.display()
+        );
+        return Ok(exit_config());
+    }
     runtime()?.block_on(async {
-        let agent = Agent::start(config).await?;
+        let agent = match Agent::start(config).await {
+            Ok(a) => a,
+            Err(e @ (AgentError::Config(_) | AgentError::Client { .. })) => {
+                eprintln!("error: {e}. Not restarting until the configuration changes.");
+                return Ok(exit_config());
+            }
+            Err(e) => return Err(e.into()),
+        };
         agent.serve_local_api().await?;
         agent.serve_metrics().await?;
         agent.watch_drop_dir()?;
+        agent.watch_bundle_urls()?;
         tokio::select! {
             r = agent.run() => r?,
             _ = shutdown_signal() => tracing::info!("stopping on signal"),
         }
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn sync(args: SyncArgs, config: Config) -> anyhow::Result<ExitCode> {

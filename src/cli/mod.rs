@@ -6,6 +6,8 @@ mod config;
 mod controller;
 mod crd;
 mod demo;
+mod docs;
+mod join;
 mod local;
 
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use staticpod_puller::config::{Config, LogFormat};
     version,
     about = "Keeps an edge node's static pods in the state its operators declared (OpenYurt StaticPod / YurtStaticSet)."
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Configuration file [default: /etc/staticpod-puller/config.yaml, defaults if absent].
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -57,18 +59,43 @@ enum Command {
     /// What the local agent believes: objects, local and desired hashes, phases, slots held,
     /// whether the API server answers.
     Status(local::StatusArgs),
+    /// Bootstrap this node (run after `yurtadm join`): write the configuration, check the
+    /// API server, sync once, enable and start the service.
+    Join(join::JoinArgs),
+    /// Print a shell completion script.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (packaging).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load_config(&cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
+    // These need no configuration file: join writes it (and a broken one must not stop its
+    // repair); completions and man pages are about the command line.
+    let standalone = matches!(
+        cli.command,
+        Command::Join(_) | Command::Completions(_) | Command::Man(_)
+    );
+    let config = if standalone {
+        Config::default()
+    } else {
+        match load_config(&cli) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return if matches!(cli.command, Command::Run(_)) {
+                    agent::exit_config()
+                } else {
+                    ExitCode::from(2)
+                };
+            }
         }
     };
     init_logging(&config);
+    let config_path = cli
+        .config
+        .unwrap_or_else(|| PathBuf::from(staticpod_puller::config::DEFAULT_PATH));
     let result = match cli.command {
         Command::Run(args) => agent::run(args, config),
         Command::Sync(args) => agent::sync(args, config),
@@ -80,6 +107,9 @@ pub fn main() -> ExitCode {
         Command::Pods(args) => local::pods(args, config),
         Command::Upgrade(args) => local::upgrade(args, config),
         Command::Status(args) => local::status(args, config),
+        Command::Join(args) => join::run(args, &config_path),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     match result {
         Ok(code) => code,

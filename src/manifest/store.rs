@@ -252,18 +252,44 @@ fn revision_files(dir: &Path) -> Result<Vec<(u64, String, PathBuf)>, StoreError>
 
 /// Temp file (dot-prefixed, same directory), fsync, rename, fsync the directory.
 fn atomic_write(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomic_mode(dir, path, bytes, None)
+}
+
+/// Replace `path` with `bytes` so that readers see the old file or the new one, never a part;
+/// the new file gets permission bits `mode` (from its creation on, so a secret is never
+/// readable by others, even briefly).
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    write_atomic_mode(dir, path, bytes, Some(mode))
+}
+
+fn write_atomic_mode(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io("creating temp file", &tmp))?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            options.mode(mode);
+        }
+        let mut f = options.open(&tmp).map_err(io("creating temp file", &tmp))?;
+        if let Some(mode) = mode {
+            // The umask may have cleared bits the caller asked for.
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io("setting permissions of", &tmp))?;
+        }
         f.write_all(bytes).map_err(io("writing temp file", &tmp))?;
         f.sync_all().map_err(io("syncing temp file", &tmp))?;
         std::fs::rename(&tmp, path).map_err(io("renaming temp file onto", path))?;

@@ -2,7 +2,10 @@
 
 mod agent;
 mod bundle_cli;
+mod bundle_hostile;
+mod bundle_offline;
 mod dev_cluster;
+mod join;
 mod kubectl;
 mod sim_conformance;
 mod support;
