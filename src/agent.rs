@@ -7,7 +7,7 @@
 //! pass costs no API request unless it writes (a slot, a status, an Event).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -230,13 +230,47 @@ fn changes_manifests(event: &notify::Event) -> bool {
             }))
 }
 
-/// This node's labels as last seen (for bundle targeting); none before the Node is cached.
-fn node_labels(node_cache: &Store<Node>) -> BTreeMap<String, String> {
-    node_cache
-        .state()
-        .first()
-        .and_then(|n| n.metadata.labels.clone())
-        .unwrap_or_default()
+/// This node's labels, for bundle targeting: from the Node watch, or, before the Node is
+/// cached (an agent restarted while the API server is away), as last saved in the state
+/// directory. Saved whenever they change, so a selector-targeted bundle still finds its node
+/// offline.
+struct NodeLabels {
+    node: String,
+    cache: Store<Node>,
+    store: Arc<ManifestStore>,
+    saved: Mutex<Option<BTreeMap<String, String>>>,
+}
+
+impl NodeLabels {
+    fn new(node: &str, cache: Store<Node>, store: Arc<ManifestStore>) -> NodeLabels {
+        let saved = cache::load_node_labels(&store).unwrap_or_else(|e| {
+            tracing::warn!(node = %node, error = %e, "ignoring the saved node labels");
+            None
+        });
+        NodeLabels {
+            node: node.to_string(),
+            cache,
+            store,
+            saved: Mutex::new(saved),
+        }
+    }
+
+    fn current(&self) -> BTreeMap<String, String> {
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(node) = self.cache.state().into_iter().next() else {
+            return saved.clone().unwrap_or_default();
+        };
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        if saved.as_ref() != Some(&labels) {
+            match cache::save_node_labels(&self.store, &labels) {
+                Ok(()) => *saved = Some(labels.clone()),
+                Err(e) => {
+                    tracing::warn!(node = %self.node, error = %e, "saving the node labels")
+                }
+            }
+        }
+        labels
+    }
 }
 
 /// Where an accepted bundle came from, for the record of what bundles set.
@@ -438,6 +472,8 @@ pub struct Agent {
     connectivity: Arc<Connectivity>,
     /// What bundles set on this node.
     applied: Arc<Applied>,
+    /// This node's labels, for bundle targeting (saved for an agent restarted offline).
+    node_labels: Arc<NodeLabels>,
     /// Bundle-set manifests already reported as kept while offline: (manifest, sequence).
     kept_reported: HashSet<(String, u64)>,
 }
@@ -496,6 +532,7 @@ impl Agent {
             kubelet_token,
         };
         let applied = Arc::new(Applied::load(store.clone()));
+        let node_labels = Arc::new(NodeLabels::new(&node, caches.node.clone(), store.clone()));
         // Reachability matters only to bundles: without a bundle source nothing probes.
         let connectivity = if config.bundle.urls.is_empty() && config.bundle.drop_dir.is_empty() {
             Connectivity::fixed(true)
@@ -552,6 +589,7 @@ impl Agent {
             template_policy,
             connectivity,
             applied,
+            node_labels,
             kept_reported: HashSet::new(),
         })
     }
@@ -588,12 +626,12 @@ impl Agent {
             &self.config.state_dir,
         )
         .map_err(|e| AgentError::Config(e.to_string()))?;
-        let (node, node_cache) = (self.node.clone(), self.caches.node.clone());
+        let (node, node_labels) = (self.node.clone(), self.node_labels.clone());
         let applier = self.bundle_applier();
         tracing::info!(node = %node, dir = %settings.drop_dir, "watching the bundle drop directory");
         tokio::spawn(async move {
             loop {
-                let labels = node_labels(&node_cache);
+                let labels = node_labels.current();
                 for result in drop_dir.scan(&node, &labels, Instant::now()) {
                     match result {
                         Err(e) => tracing::error!(node = %node, error = %e, "drop directory"),
@@ -648,7 +686,7 @@ impl Agent {
         let fetcher = Fetcher::new(FetchSettings::new(settings.ca_file.clone(), cap))
             .map_err(|e| AgentError::Config(e.to_string()))?;
         let mut source = HttpSource::new(&settings.urls, fetcher, policy, &self.config.state_dir);
-        let (node, node_cache) = (self.node.clone(), self.caches.node.clone());
+        let (node, node_labels) = (self.node.clone(), self.node_labels.clone());
         let (connectivity, ota, applier) = (
             self.connectivity.clone(),
             self.ota.clone(),
@@ -661,7 +699,7 @@ impl Agent {
             // URLs whose last fetch failed (said once until one succeeds).
             let mut failing: HashSet<String> = HashSet::new();
             loop {
-                let labels = node_labels(&node_cache);
+                let labels = node_labels.current();
                 if Instant::now() >= next_poll {
                     let authoritative = !connectivity
                         .reach()
@@ -1327,5 +1365,59 @@ mod tests {
         for name in [".nginx.yaml.tmp", "nginx.yaml~", ".nginx.yaml.swp"] {
             assert!(!changes_manifests(&event(write, name)), "{name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod node_label_tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::Node;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    use super::NodeLabels;
+    use crate::manifest::store::ManifestStore;
+
+    fn node(labels: &[(&str, &str)]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("edge-1".into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n
+    }
+
+    #[test]
+    fn labels_seen_online_are_used_by_an_agent_restarted_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            Arc::new(
+                ManifestStore::open(&dir.path().join("manifests"), &dir.path().join("state"))
+                    .unwrap(),
+            )
+        };
+
+        // Online: the Node is cached; its labels are used and saved.
+        let store = open();
+        let (reader, mut writer) = reflector::store::<Node>();
+        writer.apply_watcher_event(&Event::Apply(node(&[("zone", "north")])));
+        let online = NodeLabels::new("edge-1", reader, store.clone());
+        let north = BTreeMap::from([("zone".to_string(), "north".to_string())]);
+        assert_eq!(online.current(), north);
+        // A relabelled node: the new labels replace the saved ones.
+        writer.apply_watcher_event(&Event::Apply(node(&[("zone", "south")])));
+        let south = BTreeMap::from([("zone".to_string(), "south".to_string())]);
+        assert_eq!(online.current(), south);
+        drop((online, store));
+
+        // Restarted with the API server away: no Node cached, the saved labels answer.
+        let (empty, _writer) = reflector::store::<Node>();
+        let offline = NodeLabels::new("edge-1", empty, open());
+        assert_eq!(offline.current(), south);
     }
 }

@@ -7,6 +7,8 @@ use super::{DesiredObject, ObjectKey};
 use crate::manifest::store::{ManifestStore, StoreError};
 
 const CACHE_FILE: &str = "desired.json";
+/// This node's labels as last seen, for bundle targeting by an agent restarted offline.
+const NODE_LABELS_FILE: &str = "node-labels.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -30,6 +32,34 @@ pub fn save(
     })?;
     store.write_state(CACHE_FILE, &bytes)?;
     Ok(())
+}
+
+/// Save this node's labels (atomic replace).
+pub fn save_node_labels(
+    store: &ManifestStore,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), CacheError> {
+    let bytes = serde_json::to_vec(labels).map_err(|e| CacheError::Corrupt {
+        file: NODE_LABELS_FILE.into(),
+        reason: e.to_string(),
+    })?;
+    store.write_state(NODE_LABELS_FILE, &bytes)?;
+    Ok(())
+}
+
+/// This node's labels as last saved; `None` when never saved.
+pub fn load_node_labels(
+    store: &ManifestStore,
+) -> Result<Option<BTreeMap<String, String>>, CacheError> {
+    let Some(bytes) = store.read_state(NODE_LABELS_FILE)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| CacheError::Corrupt {
+            file: NODE_LABELS_FILE.into(),
+            reason: e.to_string(),
+        })
 }
 
 /// Load the cached desired objects (empty when there is no cache yet).
