@@ -31,27 +31,27 @@ use tokio::time::Instant;
 
 use crate::support;
 
-const NS: &str = "default";
-const OLD_IMAGE: &str = "nginx:1.19.1";
-const NEW_IMAGE: &str = "nginx:1.19.2";
+pub(crate) const NS: &str = "default";
+pub(crate) const OLD_IMAGE: &str = "nginx:1.19.1";
+pub(crate) const NEW_IMAGE: &str = "nginx:1.19.2";
 const FIXED_IMAGE: &str = "nginx:1.19.3";
 /// How often the tests' own watchers sample files and pods.
 const SAMPLE: Duration = Duration::from_millis(20);
 
 /// A manifest as an operator places it by hand: no hash annotation.
-fn hand_placed(name: &str, image: &str) -> String {
+pub(crate) fn hand_placed(name: &str, image: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: web\n    image: {image}\n"
     )
 }
 
 /// A pod spec with one container.
-fn web(image: &str) -> Value {
+pub(crate) fn web(image: &str) -> Value {
     json!({"containers": [{"name": "web", "image": image}]})
 }
 
 /// A StaticPod as an operator writes it for OpenYurt.
-fn static_pod(name: &str, manifest: &str, max_unavailable: Value, spec: Value) -> Value {
+pub(crate) fn static_pod(name: &str, manifest: &str, max_unavailable: Value, spec: Value) -> Value {
     json!({
         "apiVersion": "apps.openyurt.io/v1alpha1", "kind": "StaticPod",
         "metadata": {"name": name, "namespace": NS},
@@ -63,7 +63,7 @@ fn static_pod(name: &str, manifest: &str, max_unavailable: Value, spec: Value) -
 
 /// The agents' rollout settings.
 #[derive(Debug, Clone, Copy)]
-struct Settings {
+pub(crate) struct Settings {
     progress_deadline: Duration,
     lease_duration: Duration,
     /// `drift.mode`: `restore` or `report`.
@@ -81,7 +81,7 @@ impl Settings {
     }
 
     /// For upgrades expected to be rolled back.
-    fn deadline(progress_deadline: Duration) -> Self {
+    pub(crate) fn deadline(progress_deadline: Duration) -> Self {
         Settings {
             progress_deadline,
             ..Settings::patient()
@@ -90,7 +90,7 @@ impl Settings {
 }
 
 /// One agent process, killed (SIGKILL) when dropped.
-struct AgentProc {
+pub(crate) struct AgentProc {
     child: Child,
 }
 
@@ -111,12 +111,12 @@ impl Drop for AgentProc {
 
 /// The mirror pod of an object on a node, as the API server holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Mirror {
-    hash: Option<String>,
-    ready: bool,
+pub(crate) struct Mirror {
+    pub(crate) hash: Option<String>,
+    pub(crate) ready: bool,
 }
 
-fn mirror(store: &Store, name: &str, node: &str) -> Option<Mirror> {
+pub(crate) fn mirror(store: &Store, name: &str, node: &str) -> Option<Mirror> {
     let value = store
         .get(
             &ResourceKey::core("pods"),
@@ -163,15 +163,15 @@ fn listing(dir: &Path) -> BTreeMap<String, Option<Stamp>> {
         .unwrap_or_default()
 }
 
-fn file_hash(path: &Path) -> Option<String> {
+pub(crate) fn file_hash(path: &Path) -> Option<String> {
     hash_of_manifest(&std::fs::read(path).ok()?)
 }
 
 /// One test's world: a dev cluster with the CRDs and RBAC, its controller, and agents.
-struct Env {
-    cluster: DevCluster,
-    admin: kube::Client,
-    dir: tempfile::TempDir,
+pub(crate) struct Env {
+    pub(crate) cluster: DevCluster,
+    pub(crate) admin: kube::Client,
+    pub(crate) dir: tempfile::TempDir,
     agents: BTreeMap<String, AgentProc>,
     controller: Option<JoinHandle<()>>,
 }
@@ -185,7 +185,7 @@ impl Drop for Env {
 }
 
 impl Env {
-    async fn start(nodes: usize, timings: Timings) -> Env {
+    pub(crate) async fn start(nodes: usize, timings: Timings) -> Env {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut options = DevClusterOptions::new(dir.path(), nodes);
         options.timings = timings;
@@ -206,7 +206,7 @@ impl Env {
         }
     }
 
-    fn nodes(&self) -> Vec<String> {
+    pub(crate) fn nodes(&self) -> Vec<String> {
         self.cluster
             .nodes()
             .iter()
@@ -222,7 +222,7 @@ impl Env {
             .clone()
     }
 
-    fn state_dir(&self, node: &str) -> PathBuf {
+    pub(crate) fn state_dir(&self, node: &str) -> PathBuf {
         self.cluster
             .node(node)
             .unwrap_or_else(|| panic!("no node {node}"))
@@ -230,11 +230,11 @@ impl Env {
             .clone()
     }
 
-    fn manifest(&self, node: &str, manifest: &str) -> PathBuf {
+    pub(crate) fn manifest(&self, node: &str, manifest: &str) -> PathBuf {
         self.manifest_dir(node).join(format!("{manifest}.yaml"))
     }
 
-    fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         self.cluster.store()
     }
 
@@ -288,13 +288,14 @@ impl Env {
         self.write_config_with(node, settings, tag, "localApi:\n  listen: 127.0.0.1:0\n")
     }
 
-    /// As `write_config`, with `local_api` (YAML) as the localApi section.
-    fn write_config_with(
+    /// As `write_config`, with `sections` (YAML: the localApi section and any others, such as
+    /// `ota`, `bundle` or `trust`) in place of the default localApi section.
+    pub(crate) fn write_config_with(
         &self,
         node: &str,
         settings: Settings,
         tag: &str,
-        local_api: &str,
+        sections: &str,
     ) -> PathBuf {
         let n = self
             .cluster
@@ -310,7 +311,7 @@ impl Env {
             HumanDuration(settings.progress_deadline),
             HumanDuration(settings.lease_duration),
             settings.drift,
-            local_api,
+            sections,
         );
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         path
@@ -320,6 +321,11 @@ impl Env {
         self.dir.path().join(format!("{node}.agent.log"))
     }
 
+    /// What `node`'s agent has logged so far (empty before it starts).
+    pub(crate) fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+
     /// Spawn `staticpod-puller --config <file> run` for a node (stderr appended to its log).
     fn spawn_agent(&self, node: &str, settings: Settings) -> AgentProc {
         let config = self.write_config(node, settings, "run");
@@ -327,7 +333,7 @@ impl Env {
     }
 
     /// Spawn `staticpod-puller --config <config> run` for a node.
-    fn spawn_agent_with(&self, node: &str, config: &Path) -> AgentProc {
+    pub(crate) fn spawn_agent_with(&self, node: &str, config: &Path) -> AgentProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -357,7 +363,7 @@ impl Env {
     }
 
     /// The last lines of every agent's log, for failure messages.
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for node in self.nodes() {
             let Ok(text) = std::fs::read_to_string(self.log_path(&node)) else {
@@ -375,7 +381,7 @@ impl Env {
 
     /// Poll `check` until Ok or the deadline; the panic says what was awaited, what was last
     /// seen, and what the agents logged.
-    async fn wait<T>(
+    pub(crate) async fn wait<T>(
         &self,
         what: &str,
         timeout: Duration,
@@ -425,7 +431,7 @@ impl Env {
     }
 
     /// Create a StaticPod; returns its generation and template hash.
-    async fn create(&self, object: Value) -> (i64, String) {
+    pub(crate) async fn create(&self, object: Value) -> (i64, String) {
         let sp: StaticPod = serde_json::from_value(object).expect("a valid StaticPod");
         let created = self
             .static_pods()
@@ -539,7 +545,7 @@ impl Env {
     }
 
     /// Events in the namespace with this reason.
-    async fn events(&self, reason: &str) -> Result<Vec<Event>, String> {
+    pub(crate) async fn events(&self, reason: &str) -> Result<Vec<Event>, String> {
         let api: Api<Event> = Api::namespaced(self.admin.clone(), NS);
         Ok(api
             .list(&ListParams::default())
@@ -1034,15 +1040,11 @@ async fn broken_image_is_rolled_back_within_the_deadline_and_not_retried_until_t
         .expect("the first agent")
         .kill9();
     env.start_agent(&restarted, Settings::deadline(deadline));
-    let log = env.log_path(&restarted);
     env.wait(
         &format!("the agent of {restarted} started again"),
         Duration::from_secs(10),
         async || {
-            let starts = std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .matches("agent started")
-                .count();
+            let starts = env.log(&restarted).matches("agent started").count();
             if starts >= 2 {
                 Ok(())
             } else {
@@ -1846,7 +1848,7 @@ fn need_upgrade(store: &Store, name: &str, node: &str) -> Option<String> {
 
 impl Env {
     /// The simulated kubelet's local pod list of `node` (its `/pods`).
-    fn kubelet_pods_url(&self, node: &str) -> String {
+    pub(crate) fn kubelet_pods_url(&self, node: &str) -> String {
         self.cluster
             .node(node)
             .unwrap_or_else(|| panic!("no node {node}"))
@@ -2330,9 +2332,8 @@ async fn pod_need_upgrade_is_set_again_when_kubelet_recreates_the_mirror_pod() {
     .await;
 }
 
-/// `GET /metrics` from the agent whose state directory is `state_dir`; every sample line is
-/// checked to be `name{labels} value` as the text exposition format says.
-async fn scrape(state_dir: &Path) -> String {
+/// `GET /metrics` of the agent whose state directory is `state_dir`: the whole HTTP response.
+pub(crate) async fn get_metrics(state_dir: &Path) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let address = std::fs::read_to_string(state_dir.join("metrics.addr")).expect("metrics.addr");
     let mut stream = tokio::net::TcpStream::connect(address.trim())
@@ -2347,6 +2348,13 @@ async fn scrape(state_dir: &Path) -> String {
         .read_to_string(&mut response)
         .await
         .expect("reading the scrape");
+    response
+}
+
+/// `GET /metrics` from the agent whose state directory is `state_dir`; every sample line is
+/// checked to be `name{labels} value` as the text exposition format says.
+async fn scrape(state_dir: &Path) -> String {
+    let response = get_metrics(state_dir).await;
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
@@ -2529,12 +2537,15 @@ async fn a_removed_manifest_is_reported_and_the_node_leaves_membership() {
 
 // --- Bundles dropped on the node -----------------------------------------------------------
 
-const BUNDLE_ITEMS: &str = "\
+/// The items of a bundle: the nginx StaticPod (rolling update) at `image`.
+pub(crate) fn bundle_items(image: &str) -> String {
+    format!(
+        "\
 apiVersion: apps.openyurt.io/v1alpha1
 kind: StaticPod
 metadata:
   name: nginx
-  namespace: default
+  namespace: {NS}
 spec:
   staticPodManifest: nginx
   upgradeStrategy:
@@ -2545,8 +2556,10 @@ spec:
     spec:
       containers:
       - name: web
-        image: nginx:1.19.2
-";
+        image: {image}
+"
+    )
+}
 
 /// Run the CLI in `dir`; assert it succeeded; its standard output.
 fn cli_ok(dir: &Path, args: &[&str]) -> String {
@@ -2564,7 +2577,8 @@ async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_wit
     let bin = |args: &[&str]| cli_ok(&d, args);
     bin(&["bundle", "keygen", "--out", "ops"]);
     bin(&["bundle", "keygen", "--out", "stranger"]);
-    std::fs::write(d.join("items.yaml"), BUNDLE_ITEMS).expect("writing items");
+    let items = bundle_items(NEW_IMAGE);
+    std::fs::write(d.join("items.yaml"), &items).expect("writing items");
     bin(&[
         "bundle",
         "sign",
@@ -2603,7 +2617,7 @@ async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_wit
     );
     let agent = env.spawn_agent_with(&node, &config);
     env.agents.insert(node.clone(), agent);
-    let sp: StaticPod = serde_saphyr::from_str(BUNDLE_ITEMS).expect("the items");
+    let sp: StaticPod = serde_saphyr::from_str(&items).expect("the items");
     let new_hash = template_hash(&sp.spec.template);
 
     // Copied under a dot name, then renamed into place: read once complete.
