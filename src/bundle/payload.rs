@@ -105,14 +105,15 @@ impl BundleItem {
         meta.namespace.as_deref().unwrap_or_default()
     }
 
-    /// The item as desired state, validated and rendered as the agent does it for objects
-    /// from the cluster; the reason names the object and field when it would be refused.
-    pub fn desired(&self) -> Result<crate::desired::DesiredObject, String> {
-        let converted = match self {
-            BundleItem::StaticPod(o) => crate::desired::cluster::from_static_pod(o),
-            BundleItem::YurtStaticSet(o) => crate::desired::cluster::from_yurt_static_set(o),
+    /// Check the item as the agent checks objects from the cluster (manifest name, template,
+    /// strategy); the reason names the object and field when it would be refused. The manifest
+    /// itself is rendered only when an item is applied.
+    pub fn check(&self) -> Result<(), String> {
+        let checked = match self {
+            BundleItem::StaticPod(o) => crate::desired::cluster::check_static_pod(o),
+            BundleItem::YurtStaticSet(o) => crate::desired::cluster::check_yurt_static_set(o),
         };
-        converted.map_err(|refusal| refusal.reason)
+        checked.map_err(|refusal| refusal.reason)
     }
 
     /// `metadata.name` (never empty: parsing requires it).
@@ -466,7 +467,7 @@ pub(super) fn parse_items(
                     item.name()
                 )));
             }
-            item.desired()
+            item.check()
                 .map_err(|reason| PayloadError::InvalidItem { index, reason })?;
             Ok(item)
         })

@@ -25,12 +25,28 @@ pub fn from_yurt_static_set(o: &YurtStaticSet) -> Result<DesiredObject, Refusal>
     )
 }
 
-fn desired<K: kube::Resource>(
-    kind: Kind,
-    o: &K,
-    spec: &StaticPodSpec,
-    status: Option<&StaticPodStatus>,
-) -> Result<DesiredObject, Refusal> {
+/// Every check [`from_static_pod`] makes except rendering the manifest (which only a write
+/// needs): what a bundle's items must pass before the bundle is admitted.
+pub fn check_static_pod(o: &StaticPod) -> Result<(), Refusal> {
+    check(Kind::StaticPod, o, &o.spec).map(|_| ())
+}
+
+/// As [`check_static_pod`], for a YurtStaticSet.
+pub fn check_yurt_static_set(o: &YurtStaticSet) -> Result<(), Refusal> {
+    check(Kind::YurtStaticSet, o, &o.spec.clone().into()).map(|_| ())
+}
+
+/// What a valid object asks for, before its manifest is rendered.
+struct Checked {
+    key: ObjectKey,
+    uid: String,
+    object: String,
+    strategy: Strategy,
+    max_unavailable: MaxUnavailable,
+    history: usize,
+}
+
+fn check<K: kube::Resource>(kind: Kind, o: &K, spec: &StaticPodSpec) -> Result<Checked, Refusal> {
     let key = ObjectKey {
         kind,
         namespace: o.namespace().unwrap_or_default(),
@@ -59,6 +75,35 @@ fn desired<K: kube::Resource>(
                 "{object}: spec.revisionHistoryLimit: must not be negative, got {n}"
             )));
         }
+    };
+    Ok(Checked {
+        key,
+        uid,
+        object,
+        strategy,
+        max_unavailable,
+        history,
+    })
+}
+
+fn desired<K: kube::Resource>(
+    kind: Kind,
+    o: &K,
+    spec: &StaticPodSpec,
+    status: Option<&StaticPodStatus>,
+) -> Result<DesiredObject, Refusal> {
+    let Checked {
+        key,
+        uid,
+        object,
+        strategy,
+        max_unavailable,
+        history,
+    } = check(kind, o, spec)?;
+    let refuse = |reason: String| Refusal {
+        key: key.clone(),
+        uid: uid.clone(),
+        reason,
     };
     let rendered = manifest::render(&object, &key.namespace, &key.name, &spec.template)
         .map_err(|e| refuse(e.to_string()))?;
