@@ -24,7 +24,7 @@ use crate::desired::applied::{Application, Applied, Verdict};
 use crate::desired::authority::{Connectivity, probe_interval};
 use crate::desired::drop::{DropDir, Dropped};
 use crate::desired::http::{FetchSettings, Fetcher, HttpSource, Polled, Released, jittered};
-use crate::desired::{DesiredObject, ObjectKey, Refusal, Strategy, cache, cluster};
+use crate::desired::{DesiredObject, Kind, ObjectKey, Refusal, Strategy, cache, cluster};
 use crate::kubeclient::reflect;
 use crate::manifest::store::{ManifestStore, StoreError};
 use crate::ota::{self, Ota, api};
@@ -1096,6 +1096,26 @@ impl Agent {
                 )))
             }
             Verdict::Superseded(a) => {
+                // Right after reconnecting the watches may still hold the template from before
+                // the outage (they relist with backoff). Revert only to what the API server
+                // says now, never to a stale copy: the bundle may carry exactly the template
+                // the operator has since applied to the cluster.
+                match self.fresh_hash(d).await {
+                    Ok(fresh) if fresh == d.hash => {}
+                    Ok(fresh) => {
+                        return Some(Pending::moving(format!(
+                            "{}: set from bundle {} ({}); waiting for the watch to catch up with the cluster's template {fresh}",
+                            d.key, a.sequence, a.hash
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::debug!(object = %d.key, node = %self.node, error = %e, "reading the object to confirm its template");
+                        return Some(Pending::moving(format!(
+                            "{}: set from bundle {} ({}); confirming the cluster's template",
+                            d.key, a.sequence, a.hash
+                        )));
+                    }
+                }
                 let message = format!(
                     "{}.yaml was set from bundle sequence {} ({}) to {}; the API server is reachable again and the cluster's template {} replaces it",
                     d.manifest, a.sequence, a.source, a.hash, d.hash
@@ -1109,6 +1129,24 @@ impl Agent {
                 None
             }
         }
+    }
+
+    /// The template hash of `d` as the API server holds it now (not the watch cache).
+    async fn fresh_hash(&self, d: &DesiredObject) -> Result<String, String> {
+        let (ns, name) = (&d.key.namespace, &d.key.name);
+        let fresh = match d.key.kind {
+            Kind::StaticPod => Api::<StaticPod>::namespaced(self.client.clone(), ns)
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|o| cluster::from_static_pod(&o).map_err(|r| r.reason)),
+            Kind::YurtStaticSet => Api::<YurtStaticSet>::namespaced(self.client.clone(), ns)
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|o| cluster::from_yurt_static_set(&o).map_err(|r| r.reason)),
+        };
+        fresh.map(|o| o.hash)
     }
 
     /// OTA: keep `PodNeedUpgrade` on this node's mirror pod saying whether an upgrade is

@@ -28,9 +28,15 @@ const SERVICE: &str = "staticpod-puller.service";
 const DROP_IN_DIR: &str = "/etc/systemd/system/staticpod-puller.service.d";
 const DROP_IN: &str = "10-join.conf";
 /// The directories the shipped unit already lets the agent write.
-const UNIT_WRITABLE: [&str; 2] = ["/etc/kubernetes/manifests", "/var/lib/staticpod-puller"];
+const UNIT_WRITABLE: [&str; 3] = [
+    "/etc/kubernetes/manifests",
+    "/var/lib/staticpod-puller",
+    "/run/staticpod-puller",
+];
 /// How long the API server has to answer the reachability check.
 const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the started service must stay up to count as running (its start-up checks).
+const SERVICE_SETTLE: Duration = Duration::from_secs(3);
 
 #[derive(clap::Args, Debug)]
 pub struct JoinArgs {
@@ -76,35 +82,39 @@ fn report(what: &str, path: &Path, changed: bool) {
 }
 
 pub fn run(args: JoinArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config_path = absolute("--config", config_path)?;
     let config_dir = config_path
         .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let current = Config::load(config_path, false)?;
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let current = Config::load(&config_path, false)?;
     let plan = Plan::new(&args, current, &config_dir)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let has_bundle_source =
+        !plan.config.bundle.urls.is_empty() || !plan.config.bundle.drop_dir.is_empty();
     let online = match runtime.block_on(check_api(&plan)) {
         Ok(summary) => {
             println!("API server: {summary}");
             true
         }
-        Err(e) if plan.config.bundle.urls.is_empty() && plan.config.bundle.drop_dir.is_empty() => {
-            return Err(e.context(
-                "the node cannot reach the API server and no bundle source is configured \
-                 (--bundle-url, or bundle.dropDir in the configuration); nothing was written",
-            ));
-        }
-        Err(e) => {
+        // Offline is a state a node may join in; an API server that answers "no" is not.
+        Err(ApiCheck::Unreachable(e)) if has_bundle_source => {
             println!(
                 "API server: unreachable ({e:#}); continuing offline: bundles from the configured sources apply"
             );
             false
         }
+        Err(ApiCheck::Unreachable(e)) => {
+            return Err(e.context(
+                "the node cannot reach the API server and no bundle source is configured \
+                 (--bundle-url, or bundle.dropDir in the configuration); nothing was written",
+            ));
+        }
+        Err(ApiCheck::Refused(e)) => return Err(e.context("nothing was written")),
     };
 
     // Everything is checked: write.
@@ -120,31 +130,51 @@ pub fn run(args: JoinArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
         report("trusted key", path, c);
         changed |= c;
     }
-    let c = install(config_path, plan.rendered.as_bytes(), 0o644)?;
-    report("config", config_path, c);
+    let c = install(&config_path, plan.rendered.as_bytes(), 0o644)?;
+    report("config", &config_path, c);
     changed |= c;
+    // The unit's sandbox refuses to start when a writable path is missing: create them.
+    for (dir, mode) in [
+        (plan.config.state_dir.clone(), 0o700),
+        (PathBuf::from(&plan.config.bundle.drop_dir), 0o700),
+    ] {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            println!("directory {}: created", dir.display());
+        }
+    }
 
+    let systemd = !args.no_service && Path::new("/run/systemd/system").is_dir();
+    if systemd {
+        changed |= write_drop_in(&plan.config)?;
+    }
     if args.no_start {
         println!("--no-start: the sync and the service are left to you");
         return Ok(ExitCode::SUCCESS);
     }
-    let systemd = !args.no_service && Path::new("/run/systemd/system").is_dir();
-    if systemd {
-        changed |= write_drop_in(&plan.config)?;
-        if changed && systemctl(&["is-active", "--quiet", SERVICE]).is_ok() {
-            // The running agent holds the node's lock and runs the old configuration.
-            systemctl(&["stop", SERVICE])?;
-        }
+    let running = systemd && systemctl(&["is-active", "--quiet", SERVICE]).is_ok();
+    if running && changed {
+        // The running agent holds the node's lock and runs the old configuration.
+        systemctl(&["stop", SERVICE])?;
     }
-    let synced = if online {
-        sync(&runtime, plan.config.clone(), args.sync_timeout.0)
-    } else {
+    let synced = if !online {
         println!("sync: skipped while the API server is unreachable");
         true
+    } else if running && !changed {
+        println!("sync: the running agent keeps this node current (configuration unchanged)");
+        true
+    } else {
+        sync(&runtime, plan.config.clone(), args.sync_timeout.0)
     };
     if systemd {
         systemctl(&["enable", SERVICE])?;
         systemctl(&["start", SERVICE])?;
+        check_service_stays_up()?;
         println!("service {SERVICE}: enabled and running");
     } else {
         let why = if args.no_service {
@@ -164,6 +194,31 @@ pub fn run(args: JoinArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `systemctl start` returns once the agent is exec'd; a configuration it cannot run with
+/// ends it a moment later. Check it is still up after its start-up.
+fn check_service_stays_up() -> anyhow::Result<()> {
+    std::thread::sleep(SERVICE_SETTLE);
+    if systemctl(&["is-active", "--quiet", SERVICE]).is_ok() {
+        return Ok(());
+    }
+    let _ = std::process::Command::new("systemctl")
+        .args(["status", "--no-pager", "--lines=20", SERVICE])
+        .status();
+    bail!(
+        "{SERVICE} stopped right after starting (its last lines are above); fix what it says, then run join again"
+    )
+}
+
+fn absolute(flag: &str, p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(p))
+            .with_context(|| format!("{flag} {}: resolving a relative path", p.display()))
+    }
+}
+
 /// The configuration the join will write, and the files it installs beside it.
 struct Plan {
     config: Config,
@@ -178,15 +233,6 @@ struct Plan {
 
 impl Plan {
     fn new(args: &JoinArgs, mut config: Config, config_dir: &Path) -> anyhow::Result<Plan> {
-        let absolute = |flag: &str, p: &Path| -> anyhow::Result<PathBuf> {
-            if p.is_absolute() {
-                Ok(p.to_path_buf())
-            } else {
-                std::env::current_dir()
-                    .map(|cwd| cwd.join(p))
-                    .with_context(|| format!("{flag} {}: resolving a relative path", p.display()))
-            }
-        };
         if let Some(n) = &args.node_name {
             config.node_name = n.clone();
         }
@@ -195,14 +241,13 @@ impl Plan {
             config.node_name = config.resolved_node_name().map_err(|e| anyhow!(e))?;
         }
         if let Some(d) = &args.manifest_dir {
-            let d = absolute("--manifest-dir", d)?;
-            if !d.is_dir() {
-                bail!(
-                    "--manifest-dir {}: not a directory (kubelet's staticPodPath; is kubelet set up?)",
-                    d.display()
-                );
-            }
-            config.manifest_dir = d;
+            config.manifest_dir = absolute("--manifest-dir", d)?;
+        }
+        if !config.manifest_dir.is_dir() {
+            bail!(
+                "--manifest-dir {}: not a directory (kubelet's staticPodPath; is kubelet set up?)",
+                config.manifest_dir.display()
+            );
         }
         if let Some(d) = &args.state_dir {
             config.state_dir = absolute("--state-dir", d)?;
@@ -213,8 +258,15 @@ impl Plan {
             let source = absolute("--kubeconfig", source)?;
             let bytes = std::fs::read(&source)
                 .with_context(|| format!("--kubeconfig {}: reading it", source.display()))?;
-            kube::config::Kubeconfig::from_yaml(&String::from_utf8_lossy(&bytes))
+            let parsed = kube::config::Kubeconfig::from_yaml(&String::from_utf8_lossy(&bytes))
                 .map_err(|e| anyhow!("--kubeconfig {}: not a kubeconfig: {e}", source.display()))?;
+            if let Some(file) = file_references(&parsed).first() {
+                bail!(
+                    "--kubeconfig {}: refers to {file}; the installed copy must stand alone (the service cannot read files elsewhere): inline them with `kubectl config view --kubeconfig {} --flatten --raw`",
+                    source.display(),
+                    source.display()
+                );
+            }
             config.kubeconfig = config_dir.join("kubeconfig");
             check_kubeconfig = source.clone();
             kubeconfig = Some((source, bytes));
@@ -228,6 +280,8 @@ impl Plan {
             config.bundle.urls = args.bundle_urls.clone();
         }
         let mut keys = Vec::new();
+        // One source file per distinct key: what the validation below reads.
+        let mut key_sources = Vec::new();
         if !args.trusted_keys.is_empty() {
             config.trust.trusted_keys.clear();
             for source in &args.trusted_keys {
@@ -239,6 +293,7 @@ impl Plan {
                 if !config.trust.trusted_keys.contains(&dest) {
                     config.trust.trusted_keys.push(dest.clone());
                     keys.push((dest, key.to_pem()));
+                    key_sources.push(source.clone());
                 }
             }
         }
@@ -249,8 +304,8 @@ impl Plan {
         // Validate what will be written, naming the keys as the file would. The trusted keys
         // are not installed yet: validate against their sources.
         let mut check = config.clone();
-        if !args.trusted_keys.is_empty() {
-            check.trust.trusted_keys = args.trusted_keys.clone();
+        if !key_sources.is_empty() {
+            check.trust.trusted_keys = key_sources;
         }
         Config::parse(
             &render(&check)?,
@@ -266,6 +321,30 @@ impl Plan {
     }
 }
 
+/// The files a kubeconfig refers to (certificates, keys, token files), as `field path`.
+fn file_references(k: &kube::config::Kubeconfig) -> Vec<String> {
+    let clusters = k
+        .clusters
+        .iter()
+        .filter_map(|c| c.cluster.as_ref())
+        .flat_map(|c| [("certificate-authority", &c.certificate_authority)]);
+    let users = k
+        .auth_infos
+        .iter()
+        .filter_map(|a| a.auth_info.as_ref())
+        .flat_map(|a| {
+            [
+                ("client-certificate", &a.client_certificate),
+                ("client-key", &a.client_key),
+                ("tokenFile", &a.token_file),
+            ]
+        });
+    clusters
+        .chain(users)
+        .filter_map(|(field, path)| path.as_ref().map(|p| format!("{field} {p}")))
+        .collect()
+}
+
 fn render(config: &Config) -> anyhow::Result<String> {
     let yaml = serde_saphyr::to_string(config)
         .map_err(|e| anyhow!("rendering the configuration as YAML: {e}"))?;
@@ -275,44 +354,70 @@ fn render(config: &Config) -> anyhow::Result<String> {
     ))
 }
 
+/// Why the API check failed: nothing answered (a node may join offline, with a bundle
+/// source), or the API server answered no (never a reason to go on).
+enum ApiCheck {
+    Unreachable(anyhow::Error),
+    Refused(anyhow::Error),
+}
+
 /// Can the agent's identity do its job? The API server answers, this node exists, and the
 /// identity may list the objects it follows.
-async fn check_api(plan: &Plan) -> anyhow::Result<String> {
+async fn check_api(plan: &Plan) -> Result<String, ApiCheck> {
     let path = &plan.check_kubeconfig;
     let client = staticpod_puller::kubeclient::from_kubeconfig(path)
         .await
-        .map_err(|e| anyhow!("kubeconfig {}: {e}", path.display()))?;
+        .map_err(|e| ApiCheck::Refused(anyhow!("kubeconfig {}: {e}", path.display())))?;
     let server = server_of(path);
-    let version = tokio::time::timeout(REACH_TIMEOUT, client.apiserver_version())
-        .await
-        .map_err(|_| {
-            anyhow!(
+    let version = match tokio::time::timeout(REACH_TIMEOUT, client.apiserver_version()).await {
+        Err(_) => {
+            return Err(ApiCheck::Unreachable(anyhow!(
                 "{server} did not answer within {REACH_TIMEOUT:?} (server in {})",
                 path.display()
-            )
-        })?
-        .map_err(|e| anyhow!("GET {server}/version (server in {}): {e}", path.display()))?;
+            )));
+        }
+        Ok(Err(kube::Error::Api(status))) => {
+            return Err(ApiCheck::Refused(anyhow!(
+                "GET {server}/version (server in {}) was answered {} {}: {}; check the identity in the kubeconfig",
+                path.display(),
+                status.code,
+                status.reason,
+                status.message
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiCheck::Unreachable(anyhow!(
+                "GET {server}/version (server in {}): {e}",
+                path.display()
+            )));
+        }
+        Ok(Ok(v)) => v,
+    };
     let node = &plan.config.node_name;
     let nodes: Api<Node> = Api::all(client.clone());
     match nodes.get_opt(node).await {
         Ok(Some(_)) => {}
-        Ok(None) => bail!(
-            "node {node} is not registered with the API server; check --node-name (kubelet registers the node during yurtadm join)"
-        ),
-        Err(e) => bail!(
-            "reading node {node} with {}: {e}; apply config/10-rbac-agent.yaml and check the identity",
-            path.display()
-        ),
+        Ok(None) => {
+            return Err(ApiCheck::Refused(anyhow!(
+                "node {node} is not registered with the API server; check --node-name (kubelet registers the node during yurtadm join)"
+            )));
+        }
+        Err(e) => {
+            return Err(ApiCheck::Refused(anyhow!(
+                "reading node {node} with {}: {e}; apply config/10-rbac-agent.yaml and check the identity",
+                path.display()
+            )));
+        }
     }
     let static_pods: Api<StaticPod> = Api::all(client);
     static_pods
         .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(|e| {
-            anyhow!(
+            ApiCheck::Refused(anyhow!(
                 "listing StaticPods with {}: {e}; are the CRDs installed (kubectl apply -f config/) and the agent's RBAC applied?",
                 path.display()
-            )
+            ))
         })?;
     Ok(format!(
         "reachable (v{}.{}), node {node} registered, StaticPods readable",
@@ -363,12 +468,26 @@ fn install(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<bool> {
 /// state, the bundle drop directory) outside those it already may; None when all are inside.
 fn drop_in_text(config: &Config) -> Option<String> {
     let drop_dir = PathBuf::from(&config.bundle.drop_dir);
-    let extra: Vec<String> = [&config.manifest_dir, &config.state_dir, &drop_dir]
-        .into_iter()
-        .filter(|d| !d.as_os_str().is_empty())
-        .filter(|d| !UNIT_WRITABLE.iter().any(|w| d.starts_with(w)))
-        .map(|d| d.display().to_string())
-        .collect();
+    // A Unix socket for the local API is created in its directory.
+    let socket_dir = Path::new(&config.local_api.listen)
+        .is_absolute()
+        .then(|| Path::new(&config.local_api.listen).parent())
+        .flatten()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let extra: Vec<String> = [
+        &config.manifest_dir,
+        &config.state_dir,
+        &drop_dir,
+        &socket_dir,
+    ]
+    .into_iter()
+    .filter(|d| !d.as_os_str().is_empty())
+    .filter(|d| !UNIT_WRITABLE.iter().any(|w| d.starts_with(w)))
+    // "-": a directory missing at start (a USB stick not plugged in) must not stop the
+    // whole agent; quoted, for paths with spaces.
+    .map(|d| format!("\"-{}\"", d.display()))
+    .collect();
     (!extra.is_empty()).then(|| {
         format!(
             "# Written by `staticpod-puller join`: the configured directories the agent writes.\n[Service]\nReadWritePaths={}\n",
@@ -439,12 +558,14 @@ mod tests {
         assert_eq!(drop_in_text(&config), None, "defaults need no drop-in");
         config.bundle.drop_dir = "/var/lib/staticpod-puller/drop".into();
         assert_eq!(drop_in_text(&config), None, "inside the state directory");
+        config.local_api.listen = "/run/staticpod-puller/api.sock".into();
+        assert_eq!(drop_in_text(&config), None, "the unit's runtime directory");
         config.manifest_dir = "/srv/kubelet/manifests".into();
         config.bundle.drop_dir = "/media/usb/bundles".into();
         assert_eq!(
             drop_in_text(&config).as_deref(),
             Some(
-                "# Written by `staticpod-puller join`: the configured directories the agent writes.\n[Service]\nReadWritePaths=/srv/kubelet/manifests /media/usb/bundles\n"
+                "# Written by `staticpod-puller join`: the configured directories the agent writes.\n[Service]\nReadWritePaths=\"-/srv/kubelet/manifests\" \"-/media/usb/bundles\"\n"
             )
         );
     }

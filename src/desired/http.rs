@@ -52,6 +52,14 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("expected a URL with a host, got {url:?}"));
     }
+    // The URL is shown in logs, `status` and Events: it must not carry a password. Bundles
+    // are signed, so the server needs no secret to be trusted.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "a bundle URL must not carry credentials (it is shown in logs, status and Events), got one for host {:?}",
+            parsed.host_str().unwrap_or_default()
+        ));
+    }
     Ok(())
 }
 
@@ -430,8 +438,13 @@ impl HttpSource {
                 }
             }
             Err((reason, message)) => {
-                source.etag = etag;
-                source.digest = Some(digest);
+                // Remember the body only when the refusal depends on its bytes alone (or can
+                // only stay a refusal): a clock not set yet, or labels not known yet, may let
+                // the same bundle in at a later poll.
+                if !matches!(reason, "not_yet_valid" | "clock_rollback" | "not_targeted") {
+                    source.etag = etag;
+                    source.digest = Some(digest);
+                }
                 source.held = None;
                 Polled::Refused {
                     url,
@@ -461,33 +474,40 @@ impl HttpSource {
             .filter_map(|s| s.held.take())
             .collect();
         held.sort_by_key(|h| std::cmp::Reverse(h.sequence));
-        held.into_iter()
-            .map(|h| {
-                match bundle::accept(&self.policy, &self.state, &h.envelope, node, labels, now) {
-                    Ok(verified) => {
-                        let (objects, refused) = bundle_objects(&verified.bundle);
-                        Released::Accepted {
-                            url: h.url,
-                            sequence: verified.bundle.sequence,
-                            objects,
-                            refused,
-                        }
-                    }
-                    Err(e) => {
-                        let (reason, message) = match e {
-                            AcceptError::Refused(r) => (r.reason(), r.to_string()),
-                            AcceptError::State(s) => ("state", s.to_string()),
-                        };
-                        Released::Refused {
-                            url: h.url,
-                            sequence: h.sequence,
-                            reason,
-                            message,
+        let mut released = Vec::new();
+        for h in held {
+            match bundle::accept(&self.policy, &self.state, &h.envelope, node, labels, now) {
+                Ok(verified) => {
+                    let (objects, refused) = bundle_objects(&verified.bundle);
+                    released.push(Released::Accepted {
+                        url: h.url,
+                        sequence: verified.bundle.sequence,
+                        objects,
+                        refused,
+                    });
+                }
+                Err(e) => {
+                    let (reason, message) = match e {
+                        AcceptError::Refused(r) => (r.reason(), r.to_string()),
+                        AcceptError::State(s) => ("state", s.to_string()),
+                    };
+                    released.push(Released::Refused {
+                        url: h.url.clone(),
+                        sequence: h.sequence,
+                        reason,
+                        message,
+                    });
+                    if reason == "state" {
+                        // Not the bundle's fault (the state file could not be read or
+                        // written): hold it again for the next release.
+                        if let Some(source) = self.sources.iter_mut().find(|s| s.url == h.url) {
+                            source.held = Some(h);
                         }
                     }
                 }
-            })
-            .collect()
+            }
+        }
+        released
     }
 }
 

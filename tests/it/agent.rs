@@ -404,7 +404,7 @@ impl Env {
     }
 
     /// Check that `check` keeps holding for `window` (an absence of change, observed).
-    async fn holds(
+    pub(crate) async fn holds(
         &self,
         what: &str,
         window: Duration,
@@ -445,7 +445,7 @@ impl Env {
     }
 
     /// `kubectl patch`: change the image; returns the new generation and template hash.
-    async fn set_image(&self, name: &str, image: &str) -> (i64, String) {
+    pub(crate) async fn set_image(&self, name: &str, image: &str) -> (i64, String) {
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}});
         let updated = self
             .static_pods()

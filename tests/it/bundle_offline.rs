@@ -448,3 +448,94 @@ async fn a_dropped_bundle_upgrades_a_cut_off_node_and_reconnecting_reconciles_wi
         "one agent process throughout"
     );
 }
+
+/// The operator signs the template they also apply to the cluster while the node is away: on
+/// reconnection nothing moves, even while the agent's watches still hold the old template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_the_cluster_caught_up_with_is_kept_on_reconnection_without_a_revert() {
+    let env = Env::start(1, Timings::fast()).await;
+    let node = env.nodes()[0].clone();
+    let nginx = env.manifest(&node, "nginx");
+    std::fs::write(&nginx, hand_placed("nginx", OLD_IMAGE)).expect("placing nginx.yaml");
+    let (_, old_hash) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    let d = env.dir.path();
+    let ops = bundle::keygen(&d.join("ops")).expect("the operators' key");
+    let ops_key = PrivateKey::load(&ops.private).expect("loading the key");
+    let envelope = bundle::sign(
+        &bundle_items(NEW_IMAGE),
+        std::slice::from_ref(&ops_key),
+        3,
+        Duration::from_secs(86_400),
+        None,
+        k8s_openapi::jiff::Timestamp::now(),
+    )
+    .expect("signing a bundle");
+    let drop_dir = d.join("drop");
+    let config = env.write_config_with(
+        &node,
+        Settings::deadline(Duration::from_secs(60)),
+        "drop",
+        &format!(
+            "localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {}\nbundle:\n  dropDir: {}\n  offlineAfter: {OFFLINE_AFTER}\ntrust:\n  trustedKeys: [{}]\n",
+            env.kubelet_pods_url(&node),
+            drop_dir.display(),
+            ops.public.display(),
+        ),
+    );
+    let _agent = env.spawn_agent_with(&node, &config);
+    env.wait(
+        "the agent to cache the cluster's object",
+        LONG,
+        async || {
+            let cached = std::fs::read_to_string(env.state_dir(&node).join("desired.json"))
+                .unwrap_or_default();
+            if cached.contains(&old_hash) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
+
+    let faults = env.cluster.api().faults().clone();
+    faults.partition(&agent_user(&node));
+    wait_log(&env, &node, &["API server unreachable"]).await;
+    std::fs::write(drop_dir.join(".b.part"), &envelope).expect("copying the bundle");
+    std::fs::rename(drop_dir.join(".b.part"), drop_dir.join("b.bundle")).expect("renaming");
+    let bundle_object: StaticPod =
+        serde_saphyr::from_str(&bundle_items(NEW_IMAGE)).expect("the items");
+    let bundle_hash = template_hash(&bundle_object.spec.template);
+    wait_running(&env, &node, &bundle_hash, "the dropped bundle").await;
+
+    // Meanwhile the operator applies the same template to the cluster.
+    let (_, cluster_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    assert_eq!(cluster_hash, bundle_hash);
+    faults.heal(&agent_user(&node));
+    // The record is forgotten once the agent sees the cluster agree; until then, and after,
+    // the manifest never goes back to the old template and no Event says it was superseded.
+    let record = env.state_dir(&node).join("bundle-applied.json");
+    env.holds(
+        "nginx.yaml at the bundle's hash after reconnecting",
+        Duration::from_secs(8),
+        async || match file_hash(&nginx) {
+            Some(h) if h == bundle_hash => Ok(()),
+            other => Err(format!("nginx.yaml at {other:?}\n{}", env.logs())),
+        },
+    )
+    .await;
+    env.wait("the record forgotten", LONG, async || {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        if text.contains(&bundle_hash) {
+            Err(text)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let superseded = env.events("BundleSuperseded").await.expect("events");
+    assert!(superseded.is_empty(), "{superseded:?}");
+    assert_eq!(file_hash(&nginx).as_deref(), Some(bundle_hash.as_str()));
+}

@@ -293,7 +293,25 @@ async fn join_refuses_what_cannot_work_naming_it() {
     let bad_kubeconfig = node._dir.path().join("not-a-kubeconfig");
     std::fs::write(&bad_kubeconfig, "server: [unterminated").expect("writing");
     let bad = bad_kubeconfig.display().to_string();
-    let cases: [(&str, (&str, &str), &str); 5] = [
+    // The same identity with its CA in a file next to it: the installed copy would lose it.
+    let text = std::fs::read_to_string(&node.kubeconfig).expect("the agent kubeconfig");
+    let with_file = node._dir.path().join("with-ca-file.kubeconfig");
+    let ca_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("certificate-authority-data:"))
+        .expect("an inline CA");
+    std::fs::write(
+        &with_file,
+        text.replace(ca_line, "    certificate-authority: ca.crt"),
+    )
+    .expect("writing");
+    let with_file = with_file.display().to_string();
+    let cases: [(&str, (&str, &str), &str); 6] = [
+        (
+            "a kubeconfig that refers to a file",
+            ("--kubeconfig", &with_file),
+            "refers to certificate-authority ca.crt",
+        ),
         (
             "a file that is not a kubeconfig",
             ("--kubeconfig", &bad),

@@ -304,6 +304,12 @@ fn ca_files_and_urls_are_checked() {
     for bad in ["ftp://x/b", "bundles.example/b", "file:///etc/b", "http://"] {
         assert!(check_url(bad).is_err(), "{bad} accepted");
     }
+    let with_password = check_url("https://ops:s3cret@bundles.internal/edge.bundle")
+        .expect_err("credentials in a URL are refused");
+    assert!(
+        with_password.contains("credentials") && !with_password.contains("s3cret"),
+        "{with_password}"
+    );
 }
 
 #[test]
@@ -477,5 +483,54 @@ async fn of_several_held_bundles_the_highest_applies_and_the_others_are_replays(
             ]
         ),
         "{released:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bundle_not_targeted_yet_is_judged_again_once_the_labels_are_known() {
+    let ops = PrivateKey::generate().expect("a key");
+    let policy = TrustPolicy::new(vec![PublicKey::clone(ops.public_key())], 1).expect("a policy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let targets = bundle::Targets {
+        nodes: Vec::new(),
+        node_selector: Some(bundle::NodeSelector::parse("zone=north").expect("a selector")),
+    };
+    let envelope = bundle::sign(
+        ITEMS,
+        std::slice::from_ref(&ops),
+        5,
+        Duration::from_secs(86_400),
+        Some(targets),
+        Timestamp::now(),
+    )
+    .expect("signing");
+    let body = Arc::new(std::sync::Mutex::new(envelope));
+    let url = format!("{}/edge.bundle", serve(bundle_app(body)).await);
+    let mut source = HttpSource::new(
+        std::slice::from_ref(&url),
+        fetcher(6 << 20),
+        policy,
+        dir.path(),
+    );
+
+    // Started offline before the node's labels were ever seen: not targeted, for now.
+    let unknown = BTreeMap::new();
+    let first = source.poll("edge-1", &unknown, Timestamp::now()).await;
+    assert!(
+        matches!(
+            &first[..],
+            [Polled::Refused {
+                reason: "not_targeted",
+                ..
+            }]
+        ),
+        "{first:?}"
+    );
+    // The same body once the labels are known: judged again, and held.
+    let north = BTreeMap::from([("zone".to_string(), "north".to_string())]);
+    let second = source.poll("edge-1", &north, Timestamp::now()).await;
+    assert!(
+        matches!(&second[..], [Polled::Held { sequence: 5, .. }]),
+        "{second:?}"
     );
 }
