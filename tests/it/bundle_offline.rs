@@ -235,12 +235,17 @@ async fn a_fetched_bundle_applies_only_offline_and_the_cluster_wins_back_with_an
         std::fs::read_to_string(nginx(&connected)).expect("nginx.yaml"),
         hand_placed
     );
-    let record = std::fs::read_to_string(env.state_dir(&cut).join("bundle-applied.json"))
-        .expect("the record of what the bundle set");
-    assert!(
-        record.contains(&bundle_hash) && record.contains("\"sequence\": 5"),
-        "{record}"
-    );
+    // Recorded when the upgrade ends (the agent sees Ready a moment after this test may).
+    let record_path = env.state_dir(&cut).join("bundle-applied.json");
+    env.wait("the record of what the bundle set", LONG, async || {
+        let record = std::fs::read_to_string(&record_path).unwrap_or_default();
+        if record.contains(&bundle_hash) && record.contains("\"sequence\": 5") {
+            Ok(())
+        } else {
+            Err(record)
+        }
+    })
+    .await;
 
     // The cut node's agent restarts, still cut off: it remembers what the bundle set (its
     // record in the state directory), so the new process reports it on reconnection.
