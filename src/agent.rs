@@ -45,6 +45,10 @@ pub enum AgentError {
     Client { path: String, reason: String },
     #[error("{0}")]
     NotConverged(String),
+    /// Not converged, and waiting will not change it: only an operator or a new template can
+    /// (an OTA upgrade waiting, a hash rolled back here, an edit kept in report mode).
+    #[error("{0}")]
+    Settled(String),
 }
 
 /// Mirror pods of this node, from the pod reflector.
@@ -855,10 +859,12 @@ impl Agent {
             let settled = !upgrading && pending.iter().all(|p| p.settled);
             if settled || Instant::now() > deadline {
                 let reasons: Vec<&str> = pending.iter().map(|p| p.what.as_str()).collect();
-                return Err(AgentError::NotConverged(format!(
-                    "not converged: {}",
-                    reasons.join("; ")
-                )));
+                let message = format!("not converged: {}", reasons.join("; "));
+                return Err(if settled {
+                    AgentError::Settled(message)
+                } else {
+                    AgentError::NotConverged(message)
+                });
             }
             tokio::select! {
                 _ = self.caches.changed.notified() => {}

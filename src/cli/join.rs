@@ -16,7 +16,7 @@ use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
-use staticpod_puller::agent::Agent;
+use staticpod_puller::agent::{Agent, AgentError};
 use staticpod_puller::bundle::PublicKey;
 use staticpod_puller::config::{Config, HumanDuration};
 use staticpod_puller::manifest::store::write_file_atomic;
@@ -539,6 +539,11 @@ fn sync(runtime: &tokio::runtime::Runtime, config: Config, timeout: Duration) ->
     match result {
         Ok(summary) => {
             println!("sync: {summary}");
+            true
+        }
+        // The node is as current as its operators allow: the join itself worked.
+        Err(AgentError::Settled(what)) => {
+            println!("sync: {what} (waiting for an operator, not for the join)");
             true
         }
         Err(e) => {

@@ -410,3 +410,43 @@ async fn man_pages_and_completions_cover_every_subcommand() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_succeeds_while_an_ota_upgrade_waits_for_its_operator() {
+    let (node, desired) = Node::start().await;
+    std::fs::write(
+        node.manifest_dir.join("web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: nginx:1.19.1\n",
+    )
+    .expect("placing web.yaml");
+    let admin = node.cluster.admin_client().await.expect("an admin client");
+    let ota: StaticPod = serde_json::from_value(json!({
+        "apiVersion": "apps.openyurt.io/v1alpha1", "kind": "StaticPod",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"staticPodManifest": "web", "upgradeStrategy": {"type": "OTA"},
+                 "template": {"metadata": {"name": "web"},
+                              "spec": {"containers": [{"name": "web", "image": "nginx:1.19.2"}]}}},
+    }))
+    .expect("a valid StaticPod");
+    Api::<StaticPod>::namespaced(admin, "default")
+        .create(&PostParams::default(), &ota)
+        .await
+        .expect("creating the OTA StaticPod");
+
+    let out = node.join(&node.kubeconfig, &[]).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("OTA upgrade available")
+            && out.stdout.contains("waiting for an operator"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read(node.manifest_dir.join("nginx.yaml"))
+            .ok()
+            .and_then(|b| hash_of_manifest(&b)),
+        Some(desired),
+        "the rolling object is current"
+    );
+    node.cluster.shutdown().await;
+}
