@@ -36,7 +36,9 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
 pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let cmd = super::Cli::command();
+    let mut cmd = super::Cli::command();
+    // Built, so that each subcommand's page lists the global options (--config, ...) too.
+    cmd.build();
     write_page(&cmd, "staticpod-puller", &args.out)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("staticpod-puller-{}", sub.get_name());

@@ -401,6 +401,7 @@ async fn man_pages_and_completions_cover_every_subcommand() {
         join.contains("bundle\\-url"),
         "the join page lists its flags"
     );
+    assert!(join.contains("\\-\\-config"), "and the global ones");
     for shell in ["bash", "zsh", "fish"] {
         let out = run(&["completions", shell]).await;
         assert_eq!(out.code, Some(0), "{shell}: {}", out.stderr);
