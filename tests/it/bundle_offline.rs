@@ -279,23 +279,7 @@ async fn a_fetched_bundle_applies_only_offline_and_the_cluster_wins_back_with_an
         "the cluster's template, reconciled back",
     )
     .await;
-    let message = env
-        .wait(
-            "a BundleSuperseded Event on the StaticPod",
-            Duration::from_secs(20),
-            async || {
-                env.events("BundleSuperseded")
-                    .await?
-                    .into_iter()
-                    .find(|e| {
-                        e.involved_object.name.as_deref() == Some("nginx")
-                            && e.involved_object.kind.as_deref() == Some("StaticPod")
-                    })
-                    .and_then(|e| e.message)
-                    .ok_or_else(|| "none yet".to_string())
-            },
-        )
-        .await;
+    let message = superseded_message(&env).await;
     for text in [
         format!("node {cut}"),
         "sequence 5".to_string(),
@@ -317,81 +301,144 @@ async fn a_fetched_bundle_applies_only_offline_and_the_cluster_wins_back_with_an
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_bundle_upgrades_a_cut_off_node_and_reconnecting_reconciles_without_a_restart() {
-    let env = Env::start(1, Timings::fast()).await;
-    let node = env.nodes()[0].clone();
-    let nginx = env.manifest(&node, "nginx");
-    std::fs::write(&nginx, hand_placed("nginx", OLD_IMAGE)).expect("placing nginx.yaml");
-    let (_, cluster_hash) = env
-        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
-        .await;
+/// One node running nginx as the cluster says (hand-placed, adopted without a write), its
+/// agent watching a drop directory, and the node then cut off from the API server.
+struct CutOff {
+    env: Env,
+    node: String,
+    nginx: PathBuf,
+    drop_dir: PathBuf,
+    ops_key: PrivateKey,
+    /// The cluster's template hash (nginx:1.19.1).
+    cluster_hash: String,
+    _agent: crate::agent::AgentProc,
+}
 
-    let d = env.dir.path();
-    let ops = bundle::keygen(&d.join("ops")).expect("the operators' key");
-    let ops_key = PrivateKey::load(&ops.private).expect("loading the key");
-    let signed = |sequence: u64, image: &str| {
+impl CutOff {
+    async fn start() -> CutOff {
+        let env = Env::start(1, Timings::fast()).await;
+        let node = env.nodes()[0].clone();
+        let nginx = env.manifest(&node, "nginx");
+        std::fs::write(&nginx, hand_placed("nginx", OLD_IMAGE)).expect("placing nginx.yaml");
+        let (_, cluster_hash) = env
+            .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+            .await;
+        let d = env.dir.path();
+        let ops = bundle::keygen(&d.join("ops")).expect("the operators' key");
+        let ops_key = PrivateKey::load(&ops.private).expect("loading the key");
+        let drop_dir = d.join("drop");
+        let config = env.write_config_with(
+            &node,
+            Settings::deadline(Duration::from_secs(60)),
+            "drop",
+            &format!(
+                "localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {}\nbundle:\n  dropDir: {}\n  offlineAfter: {OFFLINE_AFTER}\ntrust:\n  trustedKeys: [{}]\n",
+                env.kubelet_pods_url(&node),
+                drop_dir.display(),
+                ops.public.display(),
+            ),
+        );
+        let agent = env.spawn_agent_with(&node, &config);
+        env.wait(
+            "the agent to cache the cluster's object",
+            LONG,
+            async || {
+                let cached = std::fs::read_to_string(env.state_dir(&node).join("desired.json"))
+                    .unwrap_or_default();
+                if cached.contains(&cluster_hash) {
+                    Ok(())
+                } else {
+                    Err(format!("desired.json: {cached:.200}"))
+                }
+            },
+        )
+        .await;
+        env.cluster.api().faults().partition(&agent_user(&node));
+        wait_log(&env, &node, &["API server unreachable"]).await;
+        CutOff {
+            env,
+            node,
+            nginx,
+            drop_dir,
+            ops_key,
+            cluster_hash,
+            _agent: agent,
+        }
+    }
+
+    /// A bundle of nginx at `image`, signed by the trusted key.
+    fn signed(&self, sequence: u64, image: &str) -> Vec<u8> {
         bundle::sign(
             &bundle_items(image),
-            std::slice::from_ref(&ops_key),
+            std::slice::from_ref(&self.ops_key),
             sequence,
             Duration::from_secs(86_400),
             None,
             k8s_openapi::jiff::Timestamp::now(),
         )
         .expect("signing a bundle")
-    };
-    let bundle_object: StaticPod =
-        serde_saphyr::from_str(&bundle_items(NEW_IMAGE)).expect("the items");
-    let bundle_hash = template_hash(&bundle_object.spec.template);
+    }
 
-    let drop_dir = d.join("drop");
-    let config = env.write_config_with(
-        &node,
-        Settings::deadline(Duration::from_secs(60)),
-        "drop",
-        &format!(
-            "localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {}\nbundle:\n  dropDir: {}\n  offlineAfter: {OFFLINE_AFTER}\ntrust:\n  trustedKeys: [{}]\n",
-            env.kubelet_pods_url(&node),
-            drop_dir.display(),
-            ops.public.display(),
-        ),
-    );
-    let _agent = env.spawn_agent_with(&node, &config);
-    // The hand-placed manifest is the cluster's template: adopted as it is, no write.
+    /// Copy a bundle in as operators do (under a dot name, then renamed into place).
+    fn drop_bundle(&self, name: &str, bytes: &[u8]) {
+        let part = self.drop_dir.join(format!(".{name}.part"));
+        std::fs::write(&part, bytes).expect("copying the bundle");
+        std::fs::rename(&part, self.drop_dir.join(name)).expect("renaming it into place");
+    }
+
+    fn heal(&self) {
+        self.env
+            .cluster
+            .api()
+            .faults()
+            .heal(&agent_user(&self.node));
+    }
+}
+
+/// The message of the `BundleSuperseded` Event on the nginx StaticPod, once there is one.
+async fn superseded_message(env: &Env) -> String {
     env.wait(
-        "the agent to cache the cluster's object",
-        LONG,
+        "a BundleSuperseded Event on the StaticPod",
+        Duration::from_secs(20),
         async || {
-            let cached = std::fs::read_to_string(env.state_dir(&node).join("desired.json"))
-                .unwrap_or_default();
-            if cached.contains(&cluster_hash) {
-                Ok(())
-            } else {
-                Err(format!("desired.json: {cached:.200}"))
-            }
+            env.events("BundleSuperseded")
+                .await?
+                .into_iter()
+                .find(|e| {
+                    e.involved_object.name.as_deref() == Some("nginx")
+                        && e.involved_object.kind.as_deref() == Some("StaticPod")
+                })
+                .and_then(|e| e.message)
+                .ok_or_else(|| "none yet".to_string())
         },
     )
-    .await;
+    .await
+}
 
-    // Cut off from the API server.
-    let faults = env.cluster.api().faults().clone();
-    faults.partition(&agent_user(&node));
-    wait_log(&env, &node, &["API server unreachable"]).await;
+/// The template hash of nginx at `image`, as a bundle carries it.
+fn bundle_hash(image: &str) -> String {
+    let object: StaticPod = serde_saphyr::from_str(&bundle_items(image)).expect("the items");
+    template_hash(&object.spec.template)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_bundle_upgrades_a_cut_off_node_and_reconnecting_reconciles_without_a_restart() {
+    let cut = CutOff::start().await;
+    let (env, node, nginx) = (&cut.env, &cut.node, &cut.nginx);
 
     // A tampered bundle (one payload byte changed) is rejected and changes nothing.
     let mut tampered: serde_json::Value =
-        serde_json::from_slice(&signed(7, FORGED_IMAGE)).expect("the envelope");
+        serde_json::from_slice(&cut.signed(7, FORGED_IMAGE)).expect("the envelope");
     let payload = tampered["payload"].as_str().expect("a payload").to_string();
     let flipped = if payload.starts_with('e') { "f" } else { "e" };
     tampered["payload"] = json!(format!("{flipped}{}", &payload[1..]));
-    std::fs::write(
-        drop_dir.join("tampered.bundle"),
-        serde_json::to_vec(&tampered).expect("the tampered envelope"),
-    )
-    .expect("dropping the tampered bundle");
+    cut.drop_bundle(
+        "tampered.bundle",
+        &serde_json::to_vec(&tampered).expect("the tampered envelope"),
+    );
+    let reason = cut.drop_dir.join("rejected/tampered.bundle.reason");
     env.wait("the tampered bundle rejected", LONG, async || {
-        if drop_dir.join("rejected/tampered.bundle.reason").is_file() {
+        if reason.is_file() {
             Ok(())
         } else {
             Err("not yet".to_string())
@@ -399,56 +446,33 @@ async fn a_dropped_bundle_upgrades_a_cut_off_node_and_reconnecting_reconciles_wi
     })
     .await;
     assert_eq!(
-        std::fs::read_to_string(&nginx).expect("nginx.yaml"),
+        std::fs::read_to_string(nginx).expect("nginx.yaml"),
         hand_placed("nginx", OLD_IMAGE),
         "the tampered bundle changed nothing"
     );
 
     // A good bundle dropped on the cut-off node upgrades it (readiness from kubelet's list).
-    let good = signed(8, NEW_IMAGE);
-    std::fs::write(drop_dir.join(".good.bundle.part"), &good).expect("copying the bundle");
-    std::fs::rename(
-        drop_dir.join(".good.bundle.part"),
-        drop_dir.join("good.bundle"),
-    )
-    .expect("renaming it into place");
-    wait_running(
-        &env,
-        &node,
-        &bundle_hash,
-        "the dropped bundle, applied offline",
-    )
-    .await;
-    assert!(drop_dir.join("processed/good.bundle").is_file());
+    let new_hash = bundle_hash(NEW_IMAGE);
+    cut.drop_bundle("good.bundle", &cut.signed(8, NEW_IMAGE));
+    wait_running(env, node, &new_hash, "the dropped bundle, applied offline").await;
+    assert!(cut.drop_dir.join("processed/good.bundle").is_file());
 
     // The same process sees the API server again: the cluster's template comes back, with
     // the Event.
-    faults.heal(&agent_user(&node));
+    cut.heal();
     wait_running(
-        &env,
-        &node,
-        &cluster_hash,
+        env,
+        node,
+        &cut.cluster_hash,
         "the cluster's template, reconciled back",
     )
     .await;
-    let message = env
-        .wait(
-            "a BundleSuperseded Event on the StaticPod",
-            Duration::from_secs(20),
-            async || {
-                env.events("BundleSuperseded")
-                    .await?
-                    .into_iter()
-                    .find_map(|e| e.message)
-                    .ok_or_else(|| "none yet".to_string())
-            },
-        )
-        .await;
-    for text in ["sequence 8", &bundle_hash, &cluster_hash] {
+    let message = superseded_message(env).await;
+    for text in ["sequence 8", &new_hash, &cut.cluster_hash] {
         assert!(message.contains(text), "{text:?} in {message:?}");
     }
     assert_eq!(
-        env.log(&node).matches("agent started").count(),
+        env.log(node).matches("agent started").count(),
         1,
         "one agent process throughout"
     );
@@ -458,82 +482,31 @@ async fn a_dropped_bundle_upgrades_a_cut_off_node_and_reconnecting_reconciles_wi
 /// reconnection nothing moves, even while the agent's watches still hold the old template.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_the_cluster_caught_up_with_is_kept_on_reconnection_without_a_revert() {
-    let env = Env::start(1, Timings::fast()).await;
-    let node = env.nodes()[0].clone();
-    let nginx = env.manifest(&node, "nginx");
-    std::fs::write(&nginx, hand_placed("nginx", OLD_IMAGE)).expect("placing nginx.yaml");
-    let (_, old_hash) = env
-        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
-        .await;
-    let d = env.dir.path();
-    let ops = bundle::keygen(&d.join("ops")).expect("the operators' key");
-    let ops_key = PrivateKey::load(&ops.private).expect("loading the key");
-    let envelope = bundle::sign(
-        &bundle_items(NEW_IMAGE),
-        std::slice::from_ref(&ops_key),
-        3,
-        Duration::from_secs(86_400),
-        None,
-        k8s_openapi::jiff::Timestamp::now(),
-    )
-    .expect("signing a bundle");
-    let drop_dir = d.join("drop");
-    let config = env.write_config_with(
-        &node,
-        Settings::deadline(Duration::from_secs(60)),
-        "drop",
-        &format!(
-            "localApi:\n  listen: 127.0.0.1:0\nota:\n  kubeletPodsUrl: {}\nbundle:\n  dropDir: {}\n  offlineAfter: {OFFLINE_AFTER}\ntrust:\n  trustedKeys: [{}]\n",
-            env.kubelet_pods_url(&node),
-            drop_dir.display(),
-            ops.public.display(),
-        ),
-    );
-    let _agent = env.spawn_agent_with(&node, &config);
-    env.wait(
-        "the agent to cache the cluster's object",
-        LONG,
-        async || {
-            let cached = std::fs::read_to_string(env.state_dir(&node).join("desired.json"))
-                .unwrap_or_default();
-            if cached.contains(&old_hash) {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        },
-    )
-    .await;
-
-    let faults = env.cluster.api().faults().clone();
-    faults.partition(&agent_user(&node));
-    wait_log(&env, &node, &["API server unreachable"]).await;
-    std::fs::write(drop_dir.join(".b.part"), &envelope).expect("copying the bundle");
-    std::fs::rename(drop_dir.join(".b.part"), drop_dir.join("b.bundle")).expect("renaming");
-    let bundle_object: StaticPod =
-        serde_saphyr::from_str(&bundle_items(NEW_IMAGE)).expect("the items");
-    let bundle_hash = template_hash(&bundle_object.spec.template);
-    wait_running(&env, &node, &bundle_hash, "the dropped bundle").await;
+    let cut = CutOff::start().await;
+    let (env, node, nginx) = (&cut.env, &cut.node, &cut.nginx);
+    let new_hash = bundle_hash(NEW_IMAGE);
+    cut.drop_bundle("b.bundle", &cut.signed(3, NEW_IMAGE));
+    wait_running(env, node, &new_hash, "the dropped bundle").await;
 
     // Meanwhile the operator applies the same template to the cluster.
     let (_, cluster_hash) = env.set_image("nginx", NEW_IMAGE).await;
-    assert_eq!(cluster_hash, bundle_hash);
-    faults.heal(&agent_user(&node));
+    assert_eq!(cluster_hash, new_hash);
+    cut.heal();
     // The record is forgotten once the agent sees the cluster agree; until then, and after,
     // the manifest never goes back to the old template and no Event says it was superseded.
-    let record = env.state_dir(&node).join("bundle-applied.json");
+    let record = env.state_dir(node).join("bundle-applied.json");
     env.holds(
         "nginx.yaml at the bundle's hash after reconnecting",
         Duration::from_secs(8),
-        async || match file_hash(&nginx) {
-            Some(h) if h == bundle_hash => Ok(()),
+        async || match file_hash(nginx) {
+            Some(h) if h == new_hash => Ok(()),
             other => Err(format!("nginx.yaml at {other:?}\n{}", env.logs())),
         },
     )
     .await;
     env.wait("the record forgotten", LONG, async || {
         let text = std::fs::read_to_string(&record).unwrap_or_default();
-        if text.contains(&bundle_hash) {
+        if text.contains(&new_hash) {
             Err(text)
         } else {
             Ok(())
@@ -542,5 +515,5 @@ async fn a_bundle_the_cluster_caught_up_with_is_kept_on_reconnection_without_a_r
     .await;
     let superseded = env.events("BundleSuperseded").await.expect("events");
     assert!(superseded.is_empty(), "{superseded:?}");
-    assert_eq!(file_hash(&nginx).as_deref(), Some(bundle_hash.as_str()));
+    assert_eq!(file_hash(nginx).as_deref(), Some(new_hash.as_str()));
 }
