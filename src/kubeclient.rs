@@ -5,11 +5,21 @@ use std::path::Path;
 
 /// A client from a kubeconfig file; the error says what was wrong with it.
 pub async fn from_kubeconfig(path: &Path) -> Result<kube::Client, String> {
+    client(config_from_kubeconfig(path).await?)
+}
+
+/// The client configuration of a kubeconfig file's current context (its `cluster_url` is the
+/// server, for messages).
+pub async fn config_from_kubeconfig(path: &Path) -> Result<kube::Config, String> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .map_err(|e| format!("reading kubeconfig: {e}"))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
-        .map_err(|e| format!("loading kubeconfig: {e}"))?;
+        .map_err(|e| format!("loading kubeconfig: {e}"))
+}
+
+/// A client from a loaded configuration.
+pub fn client(config: kube::Config) -> Result<kube::Client, String> {
     kube::Client::try_from(config).map_err(|e| format!("building the client: {e}"))
 }
 

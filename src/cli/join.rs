@@ -195,18 +195,21 @@ pub fn run(args: JoinArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `systemctl start` returns once the agent is exec'd; a configuration it cannot run with
-/// ends it a moment later. Check it is still up after its start-up.
+/// ends it a moment later. Check it stays up through its start-up.
 fn check_service_stays_up() -> anyhow::Result<()> {
-    std::thread::sleep(SERVICE_SETTLE);
-    if systemctl(&["is-active", "--quiet", SERVICE]).is_ok() {
-        return Ok(());
+    let deadline = std::time::Instant::now() + SERVICE_SETTLE;
+    while std::time::Instant::now() < deadline {
+        if systemctl(&["is-active", "--quiet", SERVICE]).is_err() {
+            let _ = std::process::Command::new("systemctl")
+                .args(["status", "--no-pager", "--lines=20", SERVICE])
+                .status();
+            bail!(
+                "{SERVICE} stopped right after starting (its last lines are above); fix what it says, then run join again"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
-    let _ = std::process::Command::new("systemctl")
-        .args(["status", "--no-pager", "--lines=20", SERVICE])
-        .status();
-    bail!(
-        "{SERVICE} stopped right after starting (its last lines are above); fix what it says, then run join again"
-    )
+    Ok(())
 }
 
 fn absolute(flag: &str, p: &Path) -> anyhow::Result<PathBuf> {
@@ -365,10 +368,13 @@ enum ApiCheck {
 /// identity may list the objects it follows.
 async fn check_api(plan: &Plan) -> Result<String, ApiCheck> {
     let path = &plan.check_kubeconfig;
-    let client = staticpod_puller::kubeclient::from_kubeconfig(path)
+    let refused = |e: String| ApiCheck::Refused(anyhow!("kubeconfig {}: {e}", path.display()));
+    let config = staticpod_puller::kubeclient::config_from_kubeconfig(path)
         .await
-        .map_err(|e| ApiCheck::Refused(anyhow!("kubeconfig {}: {e}", path.display())))?;
-    let server = server_of(path);
+        .map_err(refused)?;
+    let server = config.cluster_url.to_string();
+    let server = server.trim_end_matches('/');
+    let client = staticpod_puller::kubeclient::client(config).map_err(refused)?;
     let version = match tokio::time::timeout(REACH_TIMEOUT, client.apiserver_version()).await {
         Err(_) => {
             return Err(ApiCheck::Unreachable(anyhow!(
@@ -423,29 +429,6 @@ async fn check_api(plan: &Plan) -> Result<String, ApiCheck> {
         "reachable (v{}.{}), node {node} registered, StaticPods readable",
         version.major, version.minor
     ))
-}
-
-/// The server of the kubeconfig's current context, for messages.
-fn server_of(path: &Path) -> String {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).ok();
-    let server = kubeconfig.as_ref().and_then(|k| {
-        let context = k.current_context.as_ref()?;
-        let cluster = &k
-            .contexts
-            .iter()
-            .find(|c| &c.name == context)?
-            .context
-            .as_ref()?
-            .cluster;
-        k.clusters
-            .iter()
-            .find(|c| &c.name == cluster)?
-            .cluster
-            .as_ref()?
-            .server
-            .clone()
-    });
-    server.unwrap_or_else(|| "the API server".to_string())
 }
 
 /// Write `bytes` to `path` (mode `mode`) unless it already holds them; true when written.
