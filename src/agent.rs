@@ -19,21 +19,22 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Config, DriftMode};
-use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
 use crate::desired::applied::{Application, Applied, Verdict};
 use crate::desired::authority::{Connectivity, probe_interval};
 use crate::desired::drop::{DropDir, Dropped};
-use crate::desired::http::{FetchSettings, Fetcher, HttpSource, Polled, Released, jittered};
+use crate::desired::http::{FetchSettings, Fetcher, HttpSource, Polled, Released};
 use crate::desired::{DesiredObject, Kind, ObjectKey, Refusal, Strategy, cache, cluster};
 use crate::kubeclient::reflect;
+use crate::manifest::mirror::{is_member_pod, pod_hash, pod_ready};
 use crate::manifest::store::{ManifestStore, StoreError};
 use crate::ota::{self, Ota, api};
 use crate::resources::{StaticPod, YurtStaticSet};
 use crate::rollout::events::{Reason, Recorder};
 use crate::rollout::journal::Journal;
 use crate::rollout::plan::{MirrorState, Plan, plan};
-use crate::rollout::slots::{SlotOwner, Slots, random_below};
+use crate::rollout::slots::{SlotOwner, Slots};
 use crate::rollout::upgrade::{FailedHashes, InFlight, MirrorPods, Outcome, Upgrader};
+use crate::rules::{jittered, random_below};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

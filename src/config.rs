@@ -5,11 +5,13 @@
 //! file. An unknown key, a wrong type or an invalid value is refused at start with the key's
 //! path and the reason.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+pub use crate::rules::HumanDuration;
+use crate::rules::{is_dns_label, is_dns_subdomain};
 
 pub const DEFAULT_PATH: &str = "/etc/staticpod-puller/config.yaml";
 
@@ -441,7 +443,7 @@ impl Config {
             ));
         }
         for (i, url) in self.bundle.urls.iter().enumerate() {
-            if let Err(reason) = crate::desired::http::check_url(url) {
+            if let Err(reason) = crate::rules::check_url(url) {
                 return Err(invalid(&format!("bundle.urls[{i}]"), reason));
             }
         }
@@ -454,7 +456,7 @@ impl Config {
             }
         }
         if let Some(path) = &self.bundle.ca_file
-            && let Err(reason) = crate::desired::http::read_ca_file(path)
+            && let Err(reason) = crate::rules::read_ca_file(path)
         {
             return Err(invalid("bundle.caFile", reason));
         }
@@ -538,113 +540,6 @@ impl Config {
             ))
         }
     }
-}
-
-/// A duration written as the operator would: `300ms`, `30s`, `5m`, `1h30m`, `2d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let bad = || format!("expected a duration like \"5m\", got {text:?}");
-        let s = text.trim();
-        if s.is_empty() {
-            return Err(bad());
-        }
-        let mut total = Duration::ZERO;
-        let mut rest = s;
-        while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            if digits == 0 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-            rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let unit = match &rest[..unit_len] {
-                "ms" => Duration::from_millis(n),
-                "s" => Duration::from_secs(n),
-                "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-                "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-                "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(bad)?),
-                _ => return Err(bad()),
-            };
-            total = total.checked_add(unit).ok_or_else(bad)?;
-            rest = &rest[unit_len..];
-        }
-        Ok(total)
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        if d.subsec_millis() != 0 || d.is_zero() {
-            return write!(f, "{}ms", d.as_millis());
-        }
-        let mut secs = d.as_secs();
-        for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-            if secs >= size {
-                write!(f, "{}{unit}", secs / size)?;
-                secs %= size;
-            }
-        }
-        if secs > 0 {
-            write!(f, "{secs}s")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::str::FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        HumanDuration::parse(s).map(HumanDuration)
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
-        let text = match &value {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        HumanDuration::parse(&text)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A Kubernetes DNS subdomain (RFC 1123): node and object names.
-pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.')
-            .all(|label| !label.is_empty() && label_chars_ok(label))
-}
-
-/// A Kubernetes DNS label (RFC 1123): namespace names.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && label_chars_ok(s)
-}
-
-fn label_chars_ok(label: &str) -> bool {
-    let b = label.as_bytes();
-    b.iter()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
 #[cfg(test)]
@@ -788,22 +683,6 @@ mod tests {
                 err.contains(key) && err.contains(reason),
                 "for {text:?}: expected {key} / {reason}, got: {err}"
             );
-        }
-    }
-
-    #[test]
-    fn durations_round_trip() {
-        for (text, secs) in [("5m", 300), ("30s", 30), ("1h30m", 5400), ("2d", 172_800)] {
-            let d = HumanDuration::parse(text).unwrap();
-            assert_eq!(d, Duration::from_secs(secs));
-            assert_eq!(HumanDuration(d).to_string(), text);
-        }
-        assert_eq!(
-            HumanDuration::parse("250ms").unwrap(),
-            Duration::from_millis(250)
-        );
-        for bad in ["", "5", "m", "5x", "-1s", "1.5s", "99999999999999999999d"] {
-            assert!(HumanDuration::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 

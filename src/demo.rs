@@ -18,7 +18,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::controller::status::{is_member_pod, pod_hash, pod_ready};
+use crate::manifest::mirror::{is_member_pod, pod_hash, pod_ready};
 use crate::resources::{self, StaticPod};
 use crate::sim::apiserver::human_duration;
 use crate::sim::cluster::{DevCluster, DevClusterError, DevClusterOptions, SimNode, agent_user};

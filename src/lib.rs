@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod ota;
 pub mod resources;
 pub mod rollout;
+pub mod rules;
 pub mod sim;

@@ -110,8 +110,8 @@ impl BundleItem {
     /// itself is rendered only when an item is applied.
     pub fn check(&self) -> Result<(), String> {
         let checked = match self {
-            BundleItem::StaticPod(o) => crate::desired::cluster::check_static_pod(o),
-            BundleItem::YurtStaticSet(o) => crate::desired::cluster::check_yurt_static_set(o),
+            BundleItem::StaticPod(o) => crate::resources::validate::check_static_pod(o),
+            BundleItem::YurtStaticSet(o) => crate::resources::validate::check_yurt_static_set(o),
         };
         checked.map_err(|refusal| refusal.reason)
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use staticpod_puller::config::Config;
-use staticpod_puller::controller::status::{pod_hash, pod_ready};
+use staticpod_puller::manifest::mirror::{pod_hash, pod_ready};
 use staticpod_puller::ota::NEED_UPGRADE;
 use staticpod_puller::ota::client::LocalClient;
 

@@ -6,9 +6,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::manifest::HASH_ANNOTATION;
+use crate::manifest::mirror::{is_member_pod, pod_hash, pod_ready};
 
-const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
 /// How many node names a condition message lists before summarising.
 const NAMED_NODES: usize = 10;
 
@@ -22,35 +21,6 @@ pub struct Counts {
     pub not_ready: Vec<String>,
     /// Member nodes not yet on the desired hash, sorted.
     pub outdated: Vec<String>,
-}
-
-/// True when `pod` is the mirror pod of a static pod named `name` (the object's name).
-pub fn is_member_pod(name: &str, pod: &Pod) -> bool {
-    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
-        return false;
-    };
-    let source = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CONFIG_SOURCE));
-    let static_pod = source.is_some_and(|s| s != "api");
-    static_pod && pod.metadata.name.as_deref() == Some(format!("{name}-{node}").as_str())
-}
-
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-pub fn pod_hash(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(HASH_ANNOTATION)
-        .map(String::as_str)
 }
 
 /// Count the members of object `name` among `pods` (pods of the object's namespace).
@@ -165,6 +135,8 @@ fn names(nodes: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::HASH_ANNOTATION;
+    use crate::manifest::mirror::CONFIG_SOURCE;
     use serde_json::json;
 
     fn pod(name: &str, node: &str, source: Option<&str>, hash: &str, ready: bool) -> Pod {

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::ota::PROBE_TIMEOUT;
+/// How long the API server has to answer before an upgrade request is handled offline (and
+/// before a connectivity probe counts it unreachable).
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often the API server is probed: a quarter of `offlineAfter`, within 250 ms..10 s.
 pub fn probe_interval(offline_after: Duration) -> Duration {

@@ -11,49 +11,9 @@ pub mod cluster;
 pub mod drop;
 pub mod http;
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-pub use crate::resources::{MaxUnavailable, Strategy};
-
-/// Which of the two kinds an object is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Kind {
-    StaticPod,
-    YurtStaticSet,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::StaticPod => "StaticPod",
-            Kind::YurtStaticSet => "YurtStaticSet",
-        }
-    }
-
-    /// Short name, used in slot Lease names.
-    pub fn short(self) -> &'static str {
-        match self {
-            Kind::StaticPod => "sp",
-            Kind::YurtStaticSet => "yss",
-        }
-    }
-}
-
-/// Identifies an object: kind, namespace, name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ObjectKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind.name(), self.namespace, self.name)
-    }
-}
+pub use crate::resources::{Kind, MaxUnavailable, ObjectKey, Refusal, Strategy};
 
 /// One object's desired state, validated and rendered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,14 +70,6 @@ pub fn bundle_objects(bundle: &crate::bundle::Bundle) -> (Vec<DesiredObject>, Ve
         }
     }
     (objects, refused)
-}
-
-/// An object this agent will not act on, and why (reported as an Event and a log line).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refusal {
-    pub key: ObjectKey,
-    pub uid: String,
-    pub reason: String,
 }
 
 mod bytes_as_string {

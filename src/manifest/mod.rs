@@ -6,6 +6,7 @@
 //! object keys sorted at every level, no white space. Key order in the YAML an operator wrote
 //! therefore does not change it, nor does the machine.
 
+pub mod mirror;
 pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
@@ -172,7 +173,7 @@ pub fn validate_manifest_name(object: &str, name: &str) -> Result<(), ManifestEr
             "must not start with '.' (kubelet ignores hidden files)",
         ));
     }
-    if !crate::config::is_dns_subdomain(name) {
+    if !crate::rules::is_dns_subdomain(name) {
         return Err(err(
             "must be a DNS subdomain (lowercase letters, digits, '-' and '.')",
         ));

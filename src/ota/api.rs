@@ -170,9 +170,9 @@ fn target(path: &str) -> Target<'_> {
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
         ["v1", "namespaces", namespace, "pods", pod, "upgrade"] => {
-            if !crate::config::is_dns_label(namespace) {
+            if !crate::rules::is_dns_label(namespace) {
                 Target::Malformed(format!("invalid namespace {namespace:?}"))
-            } else if !crate::config::is_dns_subdomain(pod) {
+            } else if !crate::rules::is_dns_subdomain(pod) {
                 Target::Malformed(format!("invalid pod name {pod:?}"))
             } else {
                 Target::Upgrade { namespace, pod }

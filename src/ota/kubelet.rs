@@ -9,7 +9,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::controller::status::{pod_hash, pod_ready};
+use crate::manifest::mirror::{pod_hash, pod_ready};
 use crate::rollout::plan::MirrorState;
 use crate::rollout::upgrade::MirrorPods;
 

@@ -171,10 +171,6 @@ pub struct Offline {
     pub kubelet_token: Option<String>,
 }
 
-/// How long the API server has to answer before an upgrade request is handled offline (and
-/// before a connectivity probe counts it unreachable).
-pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The OTA side of the agent, shared with the local API.
 pub struct Ota {
     pub node: String,
@@ -257,7 +253,11 @@ impl Ota {
     /// Whether the API server answers now.
     pub async fn online(&self) -> bool {
         matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, self.client.apiserver_version()).await,
+            tokio::time::timeout(
+                crate::desired::authority::PROBE_TIMEOUT,
+                self.client.apiserver_version()
+            )
+            .await,
             Ok(Ok(_))
         )
     }
@@ -407,8 +407,8 @@ impl Ota {
             ));
         }
         let state = mirror.as_deref().map(|p| MirrorState {
-            hash: crate::controller::status::pod_hash(p).map(str::to_string),
-            ready: crate::controller::status::pod_ready(p),
+            hash: crate::manifest::mirror::pod_hash(p).map(str::to_string),
+            ready: crate::manifest::mirror::pod_ready(p),
         });
         match plan(
             &d,

@@ -73,8 +73,8 @@ impl Ota {
             let mirror = self
                 .pod(&d.key.namespace, &mirror_name)
                 .map(|p| MirrorState {
-                    hash: crate::controller::status::pod_hash(&p).map(str::to_string),
-                    ready: crate::controller::status::pod_ready(&p),
+                    hash: crate::manifest::mirror::pod_hash(&p).map(str::to_string),
+                    ready: crate::manifest::mirror::pod_ready(&p),
                 });
             let phase = if self.running.contains(&d.manifest) {
                 "upgrading"

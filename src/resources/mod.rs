@@ -8,6 +8,11 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod object;
+pub mod validate;
+
+pub use object::{Kind, ObjectKey, Refusal};
+
 /// Both spec structs have the same fields; only the kind (and the struct doc) differ.
 macro_rules! spec_struct {
     ($(#[$attr:meta])* $name:ident) => {

@@ -18,6 +18,8 @@ use kube::api::PostParams;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
 
+use crate::rules::random_below;
+
 /// Annotation on a slot Lease naming the object it is a slot of (`Kind ns/name`).
 pub const OBJECT_ANNOTATION: &str = "staticpod-puller.openyurt.io/object";
 
@@ -367,20 +369,6 @@ impl Slots {
             }),
         }
     }
-}
-
-/// A random number below `n` (n > 0), from the standard library's randomly keyed hasher: good
-/// enough to spread nodes over slots and delays, with no generator to seed.
-pub fn random_below(n: usize) -> usize {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default(),
-    );
-    (hasher.finish() % n.max(1) as u64) as usize
 }
 
 fn now_micro() -> MicroTime {

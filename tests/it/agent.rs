@@ -18,7 +18,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use staticpod_puller::config::HumanDuration;
-use staticpod_puller::controller::status::{pod_hash, pod_ready};
+use staticpod_puller::manifest::mirror::{pod_hash, pod_ready};
 use staticpod_puller::manifest::{hash_of_manifest, parse_manifest, template_hash};
 use staticpod_puller::resources::StaticPod;
 use staticpod_puller::rollout::slots::OBJECT_ANNOTATION;

@@ -13,6 +13,8 @@ use hyper_util::rt::TokioIo;
 
 use super::*;
 use crate::bundle::{PrivateKey, PublicKey};
+use crate::rules::{check_url, jittered};
+use rustls::pki_types::CertificateDer;
 
 /// Quick retries, so the tests do not wait on real backoff.
 fn settings(max_bytes: usize) -> FetchSettings {
