@@ -1,0 +1,244 @@
+//! The reconcile pass: desired state (from the caches) → plan (per object, what differs) →
+//! act (start an upgrade, restore or report drift, announce OTA, report refusals). A pass reads
+//! only the caches and the manifest directory, so it costs no API request unless it writes
+//! (a slot, a status, an Event).
+
+mod announce;
+mod bundle_set;
+mod drift;
+mod upgrades;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::caches::Caches;
+use crate::bundle::TrustPolicy;
+use crate::config::{Config, DriftMode};
+use crate::desired::applied::Applied;
+use crate::desired::authority::Connectivity;
+use crate::desired::{DesiredObject, ObjectKey, Refusal, Strategy, cache, cluster};
+use crate::manifest::store::ManifestStore;
+use crate::ota::Ota;
+use crate::rollout::events::{Reason, Recorder};
+use crate::rollout::plan::{Plan, plan};
+use crate::rollout::slots::Slots;
+use crate::rollout::upgrade::{InFlight, Upgrader};
+
+/// Something not converged after a pass.
+pub(super) struct Pending {
+    pub(super) what: String,
+    /// Waiting will not change it (only the operator or a new template can).
+    pub(super) settled: bool,
+}
+
+impl Pending {
+    fn moving(what: String) -> Pending {
+        Pending {
+            what,
+            settled: false,
+        }
+    }
+
+    fn settled(what: String) -> Pending {
+        Pending {
+            what,
+            settled: true,
+        }
+    }
+}
+
+/// The reconcile pass and what it remembers between passes (what it already reported, which
+/// manifests it saw, what it last cached).
+pub(super) struct Reconciler {
+    pub(super) node: String,
+    pub(super) config: Config,
+    pub(super) client: kube::Client,
+    pub(super) store: Arc<ManifestStore>,
+    pub(super) caches: Caches,
+    pub(super) slots: Arc<Slots>,
+    pub(super) upgrader: Arc<Upgrader>,
+    pub(super) events: Recorder,
+    pub(super) running: Arc<InFlight>,
+    /// OTA: announcements and upgrades asked for through the local API.
+    pub(super) ota: Arc<Ota>,
+    /// Set with trust.requireSignedTemplates: the keys object signatures must verify against.
+    pub(super) template_policy: Option<TrustPolicy>,
+    /// Whether the API server answers, and since when not (who is authoritative).
+    pub(super) connectivity: Arc<Connectivity>,
+    /// What bundles set on this node.
+    pub(super) applied: Arc<Applied>,
+    /// The desired state last saved to the state directory's cache.
+    pub(super) last_cached: BTreeMap<ObjectKey, DesiredObject>,
+    /// Refusals already reported: (uid, reason).
+    refused_reported: HashSet<(String, String)>,
+    /// Manifests this node held at the last pass (to notice one being removed).
+    members: HashSet<String>,
+    /// Drift already reported (manifest, content digest), in report mode.
+    drift_reported: HashSet<(String, String)>,
+    /// Member counts read from the API server, with when (when the status is not current).
+    member_counts: HashMap<ObjectKey, (Instant, usize)>,
+    /// Bundle-set manifests already reported as kept while offline: (manifest, sequence).
+    kept_reported: HashSet<(String, u64)>,
+}
+
+/// What a [`Reconciler`] is built from.
+pub(super) struct Parts {
+    pub(super) node: String,
+    pub(super) config: Config,
+    pub(super) client: kube::Client,
+    pub(super) store: Arc<ManifestStore>,
+    pub(super) caches: Caches,
+    pub(super) slots: Arc<Slots>,
+    pub(super) upgrader: Arc<Upgrader>,
+    pub(super) events: Recorder,
+    pub(super) running: Arc<InFlight>,
+    pub(super) ota: Arc<Ota>,
+    pub(super) template_policy: Option<TrustPolicy>,
+    pub(super) connectivity: Arc<Connectivity>,
+    pub(super) applied: Arc<Applied>,
+    pub(super) last_cached: BTreeMap<ObjectKey, DesiredObject>,
+}
+
+impl Reconciler {
+    pub(super) fn new(p: Parts) -> Reconciler {
+        Reconciler {
+            node: p.node,
+            config: p.config,
+            client: p.client,
+            store: p.store,
+            caches: p.caches,
+            slots: p.slots,
+            upgrader: p.upgrader,
+            events: p.events,
+            running: p.running,
+            ota: p.ota,
+            template_policy: p.template_policy,
+            connectivity: p.connectivity,
+            applied: p.applied,
+            last_cached: p.last_cached,
+            refused_reported: HashSet::new(),
+            members: HashSet::new(),
+            drift_reported: HashSet::new(),
+            member_counts: HashMap::new(),
+            kept_reported: HashSet::new(),
+        }
+    }
+
+    /// The desired objects and refusals, from the caches.
+    fn desired(&self) -> (BTreeMap<ObjectKey, DesiredObject>, Vec<Refusal>) {
+        cluster::select(
+            &self.caches.static_pods.state(),
+            &self.caches.yurt_static_sets.state(),
+            self.template_policy.as_ref(),
+            &self.config.namespaces,
+        )
+    }
+
+    /// One pass. Returns what is not converged yet (for `sync --once`).
+    pub(super) async fn pass(&mut self) -> Vec<Pending> {
+        let (desired, refusals) = self.desired();
+        self.ota.set_desired(desired.clone(), refusals.clone());
+        for r in refusals {
+            if self
+                .refused_reported
+                .insert((r.uid.clone(), r.reason.clone()))
+            {
+                tracing::warn!(object = %r.key, node = %self.node, reason = %r.reason, "object refused; nothing written");
+                self.events
+                    .emit(&r.key, &r.uid, Reason::Refused, &r.reason)
+                    .await;
+            }
+        }
+        let cacheable: BTreeMap<ObjectKey, DesiredObject> = desired
+            .iter()
+            .map(|(k, d)| (k.clone(), d.cacheable()))
+            .collect();
+        if cacheable != self.last_cached {
+            if let Err(e) = cache::save(&self.store, &cacheable) {
+                tracing::warn!(error = %e, "saving the desired-state cache");
+            }
+            self.last_cached = cacheable;
+        }
+        let failed = self.upgrader.failed.snapshot();
+        let mut pending: Vec<Pending> = Vec::new();
+        let cluster_authoritative = self.connectivity.reach().cluster_authoritative();
+        for d in desired.values() {
+            let local = match self.store.read(&d.manifest) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(object = %d.key, error = %e, "reading manifest");
+                    continue;
+                }
+            };
+            if let Some(p) = self
+                .after_bundle(d, local.as_deref(), cluster_authoritative)
+                .await
+            {
+                pending.push(p);
+                continue;
+            }
+            if self.running.update(&d.manifest, &d.hash) {
+                pending.push(Pending::moving(format!("{} upgrading", d.key)));
+                continue;
+            }
+            let mirror_name = format!("{}-{}", d.key.name, self.node);
+            let mirror = self.upgrader.mirrors.mirror(&d.key.namespace, &mirror_name);
+            let next = plan(d, local.as_deref(), mirror.as_ref(), &failed);
+            if d.strategy == Strategy::Ota {
+                self.announce(d, &next, local.as_deref(), &mirror_name)
+                    .await;
+            }
+            match next {
+                Plan::NotMember => {
+                    if self.members.remove(&d.manifest) {
+                        tracing::warn!(object = %d.key, node = %self.node, manifest = %d.manifest, "manifest removed on the node: no longer a member");
+                        let message = format!(
+                            "{}.yaml was removed on the node: no longer a member",
+                            d.manifest
+                        );
+                        self.events
+                            .emit(&d.key, &d.uid, Reason::DriftDetected, &message)
+                            .await;
+                    }
+                }
+                Plan::Current => {
+                    self.members.insert(d.manifest.clone());
+                }
+                Plan::Drifted => {
+                    self.members.insert(d.manifest.clone());
+                    self.drifted(d, local.as_deref().unwrap_or_default()).await;
+                    if self.config.drift.mode == DriftMode::Report {
+                        pending.push(Pending::settled(format!(
+                            "{}: manifest edited on the node (drift.mode: report)",
+                            d.key
+                        )));
+                    }
+                }
+                Plan::HeldBack { hash } => pending.push(Pending::settled(format!(
+                    "{}: {hash} was rolled back here and is not retried until the template changes",
+                    d.key
+                ))),
+                Plan::UpgradeAvailable => pending.push(Pending::settled(format!(
+                    "{}: OTA upgrade available, waiting for the node's operator",
+                    d.key
+                ))),
+                Plan::Upgrade { .. } if !self.upgrader.mirrors.node_ready() => {
+                    // Nothing could be seen to succeed; the upgrade starts when the node is back.
+                    self.members.insert(d.manifest.clone());
+                    pending.push(Pending::moving(format!(
+                        "{} behind; waiting for the node to be Ready",
+                        d.key
+                    )));
+                }
+                Plan::Upgrade { needs_slot } => {
+                    self.members.insert(d.manifest.clone());
+                    pending.push(Pending::moving(format!("{} behind", d.key)));
+                    self.start_upgrade(d, needs_slot).await;
+                }
+            }
+        }
+        pending
+    }
+}
