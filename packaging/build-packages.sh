@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 profile=${PROFILE:-dist}
 deb_revision=${DEB_REVISION:-1}
-cargo build --locked --profile "$profile" --bin staticpod-puller
+# Without the dev cluster (the `dev-cluster` feature): an edge node needs no in-memory API
+# server or simulated kubelet.
+cargo build --locked --profile "$profile" --no-default-features --bin staticpod-puller
 
 out=target/packaging
 rm -rf "$out"

@@ -67,6 +67,13 @@ code=$?
 set -e
 [ "$code" = 78 ] || fail "run before join exited $code, expected 78: $out"
 grep -q "has not been joined yet" <<<"$out" || fail "run before join did not say why: $out"
+# The packaged build carries no dev cluster, and says so.
+set +e
+out=$(/usr/bin/staticpod-puller demo 2>&1)
+code=$?
+set -e
+[ "$code" != 0 ] || fail "demo on the packaged build succeeded: $out"
+grep -q "has no dev cluster" <<<"$out" || fail "demo on the packaged build did not say why: $out"
 
 echo "--- systemd-analyze verify and security"
 systemd-analyze verify "$unit"

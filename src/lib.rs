@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bundle;
 pub mod config;
 pub mod controller;
+#[cfg(feature = "dev-cluster")]
 pub mod demo;
 pub mod desired;
 pub mod kubeclient;
@@ -13,4 +14,5 @@ pub mod ota;
 pub mod resources;
 pub mod rollout;
 pub mod rules;
+#[cfg(feature = "dev-cluster")]
 pub mod sim;

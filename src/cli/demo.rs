@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use staticpod_puller::config::HumanDuration;
-use staticpod_puller::demo;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -47,7 +46,20 @@ pub struct Args {
     agent_log_level: String,
 }
 
+/// A packaged build (`--no-default-features`) carries no dev cluster: say so, and how to get one.
+#[cfg(not(feature = "dev-cluster"))]
+pub fn run(_: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this build of staticpod-puller has no dev cluster (the packages are built without the \
+         `dev-cluster` feature, to keep it off edge nodes); run the demo from a source checkout: \
+         cargo run --release -- demo"
+    )
+}
+
+#[cfg(feature = "dev-cluster")]
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use staticpod_puller::demo;
+
     staticpod_puller::resources::MaxUnavailable::parse(Some(&if let Ok(n) =
         args.max_unavailable.parse::<i32>()
     {

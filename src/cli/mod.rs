@@ -92,7 +92,10 @@ pub fn main() -> ExitCode {
             }
         }
     };
-    init_logging(&config);
+    // A one-shot command reports a failure once, as its own error with context; the client
+    // library's log line about the same failure would only come first and confuse.
+    let daemon = matches!(cli.command, Command::Run(_) | Command::Controller(_));
+    init_logging(&config, daemon);
     let config_path = cli
         .config
         .unwrap_or_else(|| PathBuf::from(staticpod_puller::config::DEFAULT_PATH));
@@ -140,11 +143,19 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 /// Logs go to stderr (stdout carries command output such as `crd`): human lines on a
-/// terminal, one JSON object per line with `--log-format json`.
-fn init_logging(config: &Config) {
+/// terminal, one JSON object per line with `--log-format json`. Outside the daemons the
+/// Kubernetes client's own logs are off unless the level names them (`kube_client=debug`).
+fn init_logging(config: &Config, daemon: bool) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !daemon && !config.log.level.contains("kube") {
+        for quiet in ["kube_client=off", "kube_runtime=off"] {
+            if let Ok(directive) = quiet.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -7,5 +7,6 @@ mod bundle_offline;
 mod dev_cluster;
 mod join;
 mod kubectl;
+mod layering;
 mod sim_conformance;
 mod support;
