@@ -7,6 +7,7 @@
 //! judged on our own clock, as for slots.
 
 pub mod status;
+pub mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

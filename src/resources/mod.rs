@@ -121,7 +121,9 @@ impl From<StaticPodSpec> for YurtStaticSetSpec {
     }
 }
 
-/// The upgrade strategy field as written: `type` and `maxUnavailable`.
+/// The upgrade strategy field as written: OpenYurt's `type` and `maxUnavailable`, and this
+/// project's optional rollout controls (absent in an object written for OpenYurt, which then
+/// rolls out as before).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeStrategy {
@@ -132,6 +134,20 @@ pub struct UpgradeStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_or_string_schema")]
     pub max_unavailable: Option<IntOrString>,
+    /// Members that may roll back the new template before the rollout halts: a number or a
+    /// percentage of members (default: the resolved maxUnavailable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string_schema")]
+    pub max_failed: Option<IntOrString>,
+    /// No new upgrades start while true; those under way finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// Members that upgrade first (nodes labelled staticpod-puller.openyurt.io/canary=true
+    /// before others); the rest wait until the hash is promoted. A number or a percentage
+    /// (default 0: no canary step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string_schema")]
+    pub canary: Option<IntOrString>,
 }
 
 /// Status shared by both kinds.
@@ -190,6 +206,8 @@ pub struct FieldError {
 
 const TYPE_FIELD: &str = "spec.upgradeStrategy.type";
 const MAX_UNAVAILABLE_FIELD: &str = "spec.upgradeStrategy.maxUnavailable";
+const MAX_FAILED_FIELD: &str = "spec.upgradeStrategy.maxFailed";
+const CANARY_FIELD: &str = "spec.upgradeStrategy.canary";
 
 /// How a new template reaches the member nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -238,29 +256,38 @@ impl std::fmt::Display for Strategy {
     }
 }
 
-/// `upgradeStrategy.maxUnavailable`, validated.
+/// A number of members, or a percentage of them (`maxUnavailable`, `maxFailed`, `canary`),
+/// validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum MaxUnavailable {
+pub enum Portion {
     /// A number of members.
     Count(u32),
     /// A percentage of the members, rounded up.
     Percent(u32),
 }
 
-impl Default for MaxUnavailable {
-    /// 10%, OpenYurt's default.
+/// `upgradeStrategy.maxUnavailable`: how many members may be unavailable at once.
+pub type MaxUnavailable = Portion;
+
+impl Default for Portion {
+    /// 10%, OpenYurt's default maxUnavailable.
     fn default() -> Self {
-        MaxUnavailable::Percent(10)
+        Portion::Percent(10)
     }
 }
 
-impl MaxUnavailable {
-    /// Parse `3`, `"3"`, `"10%"`; absent means 10%.
-    pub fn parse(value: Option<&IntOrString>) -> Result<MaxUnavailable, FieldError> {
-        let invalid = |reason: String| FieldError {
-            field: MAX_UNAVAILABLE_FIELD,
-            reason,
-        };
+impl Portion {
+    /// Parse `upgradeStrategy.maxUnavailable`: `3`, `"3"`, `"10%"`; absent means 10%.
+    pub fn parse(value: Option<&IntOrString>) -> Result<Portion, FieldError> {
+        Ok(Portion::parse_field(value, MAX_UNAVAILABLE_FIELD)?.unwrap_or_default())
+    }
+
+    /// Parse a number or percentage written in `field`; `None` when absent.
+    pub fn parse_field(
+        value: Option<&IntOrString>,
+        field: &'static str,
+    ) -> Result<Option<Portion>, FieldError> {
+        let invalid = |reason: String| FieldError { field, reason };
         let number = |digits: &str, written: &str| {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(invalid(format!(
@@ -271,31 +298,79 @@ impl MaxUnavailable {
                 .parse::<u32>()
                 .map_err(|_| invalid(format!("{written:?} is too large")))
         };
-        match value {
-            None => Ok(MaxUnavailable::default()),
+        let portion = match value {
+            None => return Ok(None),
             Some(IntOrString::Int(n)) => u32::try_from(*n)
-                .map(MaxUnavailable::Count)
-                .map_err(|_| invalid(format!("must not be negative, got {n}"))),
+                .map(Portion::Count)
+                .map_err(|_| invalid(format!("must not be negative, got {n}")))?,
             Some(IntOrString::String(s)) => match s.strip_suffix('%') {
-                Some(percent) => number(percent, s).map(MaxUnavailable::Percent),
-                None => number(s, s).map(MaxUnavailable::Count),
+                // Over 100% means all members, as OpenYurt reads it.
+                Some(percent) => number(percent, s).map(Portion::Percent)?,
+                None => number(s, s).map(Portion::Count)?,
             },
+        };
+        Ok(Some(portion))
+    }
+
+    /// How many of `members` this is: a percentage rounded up, a count as it is (possibly 0).
+    pub fn of(self, members: usize) -> usize {
+        match self {
+            Portion::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Portion::Percent(p) => {
+                let p = u64::from(p.min(100));
+                let members = u64::try_from(members).unwrap_or(u64::MAX);
+                usize::try_from(members.saturating_mul(p).div_ceil(100)).unwrap_or(usize::MAX)
+            }
         }
     }
 
     /// The budget for `members` member nodes: a percentage is rounded up; 0 and 0% mean 1;
     /// the result is at least 1.
     pub fn resolve(self, members: usize) -> usize {
-        let slots = match self {
-            MaxUnavailable::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
-            MaxUnavailable::Percent(p) => {
-                let p = u64::from(p.min(100));
-                let members = u64::try_from(members).unwrap_or(u64::MAX);
-                let slots = (members.saturating_mul(p)).div_ceil(100);
-                usize::try_from(slots).unwrap_or(usize::MAX)
-            }
+        self.of(members).max(1)
+    }
+}
+
+/// The rollout controls of an AdvancedRollingUpdate object, validated (what the controller
+/// coordinates with; see [`UpgradeStrategy`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutControls {
+    pub max_unavailable: Portion,
+    /// `None`: the resolved maxUnavailable.
+    pub max_failed: Option<Portion>,
+    pub paused: bool,
+    /// `None`: no canary step.
+    pub canary: Option<Portion>,
+}
+
+impl RolloutControls {
+    pub fn parse(strategy: Option<&UpgradeStrategy>) -> Result<RolloutControls, FieldError> {
+        let Some(s) = strategy else {
+            return Ok(RolloutControls::default());
         };
-        slots.max(1)
+        Ok(RolloutControls {
+            max_unavailable: Portion::parse(s.max_unavailable.as_ref())?,
+            max_failed: Portion::parse_field(s.max_failed.as_ref(), MAX_FAILED_FIELD)?,
+            paused: s.paused.unwrap_or(false),
+            canary: Portion::parse_field(s.canary.as_ref(), CANARY_FIELD)?
+                .filter(|c| !matches!(c, Portion::Count(0) | Portion::Percent(0))),
+        })
+    }
+
+    /// Members that may be unavailable at once, of `members`.
+    pub fn budget(&self, members: usize) -> usize {
+        self.max_unavailable.resolve(members)
+    }
+
+    /// Failed members that halt the rollout, of `members` (at least 1).
+    pub fn failure_budget(&self, members: usize) -> usize {
+        self.max_failed
+            .map_or_else(|| self.budget(members), |f| f.resolve(members))
+    }
+
+    /// Members in the canary step, of `members` (0: none).
+    pub fn canary_size(&self, members: usize) -> usize {
+        self.canary.map_or(0, |c| c.of(members).min(members))
     }
 }
 

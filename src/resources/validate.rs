@@ -5,7 +5,8 @@
 use kube::ResourceExt;
 
 use super::{
-    Kind, MaxUnavailable, ObjectKey, Refusal, StaticPod, StaticPodSpec, Strategy, YurtStaticSet,
+    Kind, MaxUnavailable, ObjectKey, Refusal, RolloutControls, StaticPod, StaticPodSpec, Strategy,
+    YurtStaticSet,
 };
 use crate::manifest;
 
@@ -59,6 +60,9 @@ pub fn check<K: kube::Resource>(
         .map_err(|e| refuse(format!("{object}: {e}")))?;
     let max_unavailable = MaxUnavailable::parse(strategy_spec.max_unavailable.as_ref())
         .map_err(|e| refuse(format!("{object}: {e}")))?;
+    // The controller acts on the rest of the strategy; a bad value is refused here too, so
+    // the operator hears of it from every side.
+    RolloutControls::parse(Some(&strategy_spec)).map_err(|e| refuse(format!("{object}: {e}")))?;
     let history = match spec.revision_history_limit {
         None => DEFAULT_HISTORY,
         Some(n) if n >= 0 => (n as usize).max(1),
