@@ -1,6 +1,6 @@
 //! Prometheus metrics of the agent, in the text exposition format, served on a loopback
 //! address (`metrics.listen`). Counters live in one process-wide registry so that the parts
-//! that count (upgrades, slots, watches, bundles) need no plumbing; per-object gauges are
+//! that count (upgrades, watches, bundles) need no plumbing; per-object gauges are
 //! computed at scrape time from what the agent believes (`ota::status`).
 
 use std::collections::BTreeMap;
@@ -18,10 +18,6 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         "staticpod_puller_upgrades_total",
         "Upgrades finished on this node, by object and result (succeeded, rolled_back, superseded, failed).",
-    ),
-    (
-        "staticpod_puller_slot_busy_total",
-        "Passes in which an upgrade waited because every upgrade slot of its object was held.",
     ),
     (
         "staticpod_puller_bundle_refusals_total",

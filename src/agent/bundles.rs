@@ -1,5 +1,5 @@
 //! Bundle intake: the drop directory and the bundle URLs, and applying what they admit to
-//! this node's members (without slots, readiness from kubelet's pod list, since bundles must
+//! this node's members (without grants, readiness from kubelet's pod list, since bundles must
 //! work with the API server away).
 
 use std::collections::HashSet;
@@ -207,7 +207,7 @@ pub(super) struct BundleApplier {
     pub(super) kubelet: (String, Option<String>),
 }
 
-/// Upgrade each member of a bundle's objects that is behind, without slots, reading readiness
+/// Upgrade each member of a bundle's objects that is behind, without grants, reading readiness
 /// from kubelet's pod list; record what succeeded (see [`Applied`]).
 fn apply_bundle(applier: &BundleApplier, origin: &Origin, objects: Vec<DesiredObject>) {
     let BundleApplier {

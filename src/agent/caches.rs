@@ -1,6 +1,6 @@
 //! What the agent reads instead of asking the API server: reflectors (kube-runtime watchers:
 //! resume from resourceVersion, relist on 410, backoff with jitter) over both kinds, this
-//! node's pods and Node, and the slot Leases, plus a watch of the manifest directory. Any
+//! node's pods, Node and grants, plus a watch of the manifest directory. Any
 //! change wakes the reconcile pass.
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::kubeclient::{WatchTask, reflect};
 use crate::manifest::mirror::{pod_hash, pod_ready};
 use crate::resources::{StaticPod, YurtStaticSet};
+use crate::rollout::grant::Grants;
 use crate::rollout::plan::MirrorState;
 use crate::rollout::upgrade::MirrorPods;
 
@@ -151,9 +152,11 @@ pub(super) fn start_reflectors(
         ),
         leases: keep(
             &mut watches,
+            // Only this node's grants: a grant write reaches its node and the controller,
+            // never the fleet (nor the controller's leader Lease).
             reflect(
                 Api::<Lease>::namespaced(client.clone(), &config.agent_namespace),
-                watcher::Config::default(),
+                watcher::Config::default().labels(&Grants::selector(node)),
                 wake(&changed),
             ),
         ),

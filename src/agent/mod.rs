@@ -1,8 +1,9 @@
 //! The node agent (`run` and `sync --once`): a few small parts wired together.
 //!
-//! - [`caches`]: reflectors over both kinds, this node's pods and Node, and the slot Leases,
-//!   plus the manifest-directory watch; any change wakes the pass.
-//! - [`reconcile`]: the pass, desired → plan → act (slot, upgrade, drift, OTA announcement).
+//! - [`caches`]: reflectors over both kinds, this node's pods, Node and grants, plus the
+//!   manifest-directory watch; any change wakes the pass.
+//! - [`reconcile`]: the pass, desired → plan → act (upgrade with a grant, drift, OTA
+//!   announcement).
 //! - [`bundles`]: the drop directory and bundle URLs, and applying what they admit.
 //! - [`servers`]: the node-local API and metrics.
 //!
@@ -29,7 +30,7 @@ use crate::desired::cache;
 use crate::manifest::store::{ManifestStore, StoreError};
 use crate::ota::{self, Ota, api};
 use crate::rollout::events::Recorder;
-use crate::rollout::slots::Slots;
+use crate::rollout::grant::Grants;
 use crate::rollout::upgrade::{FailedHashes, InFlight, Upgrader};
 use bundles::{BundleApplier, BundleIntake};
 use caches::{ReflectedPods, Reflectors, start_reflectors, watch_manifest_dir};
@@ -79,12 +80,11 @@ impl Agent {
             })?;
         let (caches, reflectors) = start_reflectors(&client, &config, &node);
         let dir_watch = watch_manifest_dir(&config.manifest_dir, caches.changed.clone());
-        let slots = Arc::new(Slots::new(
+        let grants = Arc::new(Grants::new(
             client.clone(),
             caches.leases.clone(),
             &config.agent_namespace,
             &node,
-            config.rollout.lease_duration.0,
         ));
         let events = Recorder::new(client.clone(), &node);
         let upgrader = Arc::new(Upgrader {
@@ -180,7 +180,7 @@ impl Agent {
             client,
             store: store.clone(),
             caches,
-            slots,
+            grants,
             upgrader,
             events,
             running,

@@ -179,18 +179,18 @@ pub fn status(args: StatusArgs, config: Config) -> anyhow::Result<ExitCode> {
             text(&a["hash"])
         );
     }
-    let slots: Vec<String> = status["slotsHeld"]
+    let grants: Vec<String> = status["grantsHeld"]
         .as_array()
         .into_iter()
         .flatten()
         .map(text)
         .collect();
     println!(
-        "slots held: {}",
-        if slots.is_empty() {
+        "grants held: {}",
+        if grants.is_empty() {
             "none".to_string()
         } else {
-            slots.join(", ")
+            grants.join(", ")
         }
     );
     Ok(ExitCode::SUCCESS)

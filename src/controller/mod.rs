@@ -1,33 +1,51 @@
-//! The cloud side (`staticpod-puller controller`): status aggregation for StaticPod and
-//! YurtStaticSet objects, one active replica at a time.
+//! The cloud side (`staticpod-puller controller`): the rollout coordinator and status, one
+//! active replica at a time.
 //!
-//! Watch-driven and debounced: reflectors over both kinds and all pods; after a change, one
-//! pass recomputes every object's counts from memory and patches only the statuses that
-//! differ. Leader election is one Lease taken like an upgrade slot (budget 1), so expiry is
-//! judged on our own clock, as for slots.
+//! Watch-driven and debounced: reflectors over both kinds, mirror pods, grants (Leases in the
+//! agents' namespace labelled with an object) and canary-labelled Nodes. After a change, one
+//! pass decides each rolling object's window ([`window`]), applies it ([`coordinator`]) and
+//! writes the statuses that differ, at most one write per object per second. A replica leads
+//! through one Lease ([`leader`]); a new leader acts only once its caches have synced, and
+//! since grants are Leases, a failover forgets none.
 
+pub mod coordinator;
+mod leader;
 pub mod status;
 pub mod window;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use crate::resources::{StaticPod, StaticPodSpec, StaticPodStatus, StatusCondition, YurtStaticSet};
-use crate::rollout::slots::{SlotOwner, Slots};
+use crate::desired::{Kind, ObjectKey};
+use crate::resources::{
+    RolloutControls, StaticPod, StaticPodSpec, StaticPodStatus, StatusCondition, Strategy,
+    YurtStaticSet,
+};
+use crate::rollout::grant;
+use coordinator::{CANARY_LABEL, Coordinator, PROMOTED_ANNOTATION, Rollout};
+use leader::{SlotOwner, Slots};
+use window::{Decision, Member};
 
 /// Changes arriving within this window are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// At most one status write per object per this long: every write reaches every agent
+/// watching the kind.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 fn reflect<K>(
     api: Api<K>,
+    config: watcher::Config,
     changed: Arc<Notify>,
     watches: &mut Vec<crate::kubeclient::WatchTask>,
 ) -> Store<K>
@@ -35,15 +53,32 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (store, task) =
-        crate::kubeclient::reflect(api, kube::runtime::watcher::Config::default(), move || {
-            changed.notify_one()
-        });
+    let (store, task) = crate::kubeclient::reflect(api, config, move || changed.notify_one());
     watches.push(task);
     store
 }
 
-/// Run the controller until the process ends. `identity` names this replica in the Lease.
+/// What the controller reads.
+struct Caches {
+    static_pods: Store<StaticPod>,
+    yurt_static_sets: Store<YurtStaticSet>,
+    pods: Store<Pod>,
+    grants: Store<Lease>,
+    canary_nodes: Store<Node>,
+}
+
+impl Caches {
+    async fn ready(&self) {
+        let _ = self.static_pods.wait_until_ready().await;
+        let _ = self.yurt_static_sets.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.grants.wait_until_ready().await;
+        let _ = self.canary_nodes.wait_until_ready().await;
+    }
+}
+
+/// Run the controller until the process ends. `identity` names this replica in the Lease;
+/// grants live in `lease_namespace` (the agents' namespace).
 pub async fn run(
     client: kube::Client,
     lease_namespace: &str,
@@ -53,29 +88,56 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     // Dropped (watches stopped) when this future is: a stopped controller leaves nothing behind.
     let mut watches = Vec::new();
-    let leases: Store<Lease> = reflect(
+    let leader_leases: Store<Lease> = reflect(
         Api::namespaced(client.clone(), lease_namespace),
-        changed.clone(),
+        watcher::Config::default().fields(&format!(
+            "metadata.name={}",
+            leader_owner(lease_namespace).lease_name(0)
+        )),
+        Arc::new(Notify::new()),
         &mut watches,
     );
     let slots = Slots::new(
         client.clone(),
-        leases.clone(),
+        leader_leases.clone(),
         lease_namespace,
         identity,
         lease_duration,
     );
-    let owner = SlotOwner {
-        kind_short: "controller",
-        namespace: lease_namespace.to_string(),
-        name: "status".to_string(),
+    let owner = leader_owner(lease_namespace);
+    let caches = Caches {
+        static_pods: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+            &mut watches,
+        ),
+        yurt_static_sets: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+            &mut watches,
+        ),
+        pods: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+            &mut watches,
+        ),
+        grants: reflect(
+            Api::namespaced(client.clone(), lease_namespace),
+            watcher::Config::default().labels(grant::OBJECT_LABEL),
+            changed.clone(),
+            &mut watches,
+        ),
+        canary_nodes: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default().labels(&format!("{CANARY_LABEL}=true")),
+            changed.clone(),
+            &mut watches,
+        ),
     };
-    let static_pods: Store<StaticPod> =
-        reflect(Api::all(client.clone()), changed.clone(), &mut watches);
-    let yurt_static_sets: Store<YurtStaticSet> =
-        reflect(Api::all(client.clone()), changed.clone(), &mut watches);
-    let pods: Store<Pod> = reflect(Api::all(client.clone()), changed.clone(), &mut watches);
-    let _ = leases.wait_until_ready().await;
+    let _ = leader_leases.wait_until_ready().await;
     loop {
         // Become the leader (or wait for the current one's Lease to expire).
         let held = loop {
@@ -87,13 +149,22 @@ pub async fn run(
             tokio::time::sleep(lease_duration / 3).await;
         };
         tracing::info!(identity, "controller is the leader");
-        let _ = static_pods.wait_until_ready().await;
-        let _ = yurt_static_sets.wait_until_ready().await;
-        let _ = pods.wait_until_ready().await;
+        // Nothing is granted before the caches hold a full list: a grant out that a new
+        // leader has not seen yet must not be handed out twice.
+        caches.ready().await;
+        let mut pass = Pass::new(client.clone(), lease_namespace, lease_duration, identity);
         let mut renew = tokio::time::interval(lease_duration / 3);
+        let mut wake_at: Option<Instant> = None;
         loop {
+            let wake = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = wake => {}
                 _ = renew.tick() => match slots.renew(&held).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -103,18 +174,8 @@ pub async fn run(
                     Err(e) => tracing::warn!(error = %e, "renewing the controller lease"),
                 },
             }
-            // Also on every renewal: a status write that failed is retried without a new change.
             let started = std::time::Instant::now();
-            let all_pods = pods.state();
-            for o in static_pods.state() {
-                update_status::<StaticPod>(&client, &o, &o.spec, o.status.as_ref(), &all_pods)
-                    .await;
-            }
-            for o in yurt_static_sets.state() {
-                let spec: StaticPodSpec = o.spec.clone().into();
-                update_status::<YurtStaticSet>(&client, &o, &spec, o.status.as_ref(), &all_pods)
-                    .await;
-            }
+            wake_at = pass.run(&caches).await;
             crate::metrics::inc("staticpod_puller_controller_reconciles_total", &[]);
             crate::metrics::observe(
                 "staticpod_puller_controller_reconcile_seconds",
@@ -124,28 +185,198 @@ pub async fn run(
     }
 }
 
-/// The status an object should have, from the pods in memory.
+fn leader_owner(lease_namespace: &str) -> SlotOwner {
+    SlotOwner {
+        kind_short: "controller",
+        namespace: lease_namespace.to_string(),
+        name: "status".to_string(),
+    }
+}
+
+/// One leader term's passes and what they remember.
+struct Pass {
+    client: kube::Client,
+    coordinator: Coordinator,
+    /// When each object's status was last written (writes are coalesced).
+    written: HashMap<ObjectKey, Instant>,
+}
+
+impl Pass {
+    fn new(
+        client: kube::Client,
+        namespace: &str,
+        lease_duration: Duration,
+        identity: &str,
+    ) -> Pass {
+        Pass {
+            coordinator: Coordinator::new(client.clone(), namespace, lease_duration, identity),
+            client,
+            written: HashMap::new(),
+        }
+    }
+
+    /// One pass over every object; returns when the next pass is due without a change (a
+    /// grant expiring, a coalesced status write).
+    async fn run(&mut self, caches: &Caches) -> Option<Instant> {
+        let now = Instant::now();
+        let grants = caches.grants.state();
+        let mut next = self.coordinator.observe(&grants, now);
+        let canary: HashSet<String> = caches
+            .canary_nodes
+            .state()
+            .iter()
+            .map(|n| n.name_any())
+            .collect();
+        let members = coordinator::members_by_object(&caches.pods.state(), &canary);
+        let grants_by_object = coordinator::grants_by_object(&grants);
+        let no_members = Vec::new();
+        let no_grants = Vec::new();
+        for o in caches.static_pods.state() {
+            let key = key_of(Kind::StaticPod, &*o);
+            let m = members
+                .get(&(key.namespace.clone(), key.name.clone()))
+                .unwrap_or(&no_members);
+            let g = grants_by_object
+                .get(&grant::object_label(&key))
+                .unwrap_or(&no_grants);
+            let due = self
+                .object(&key, &*o, &o.spec, o.status.as_ref(), m, g, now)
+                .await;
+            next = earliest(next, due);
+        }
+        for o in caches.yurt_static_sets.state() {
+            let key = key_of(Kind::YurtStaticSet, &*o);
+            let spec: StaticPodSpec = o.spec.clone().into();
+            let m = members
+                .get(&(key.namespace.clone(), key.name.clone()))
+                .unwrap_or(&no_members);
+            let g = grants_by_object
+                .get(&grant::object_label(&key))
+                .unwrap_or(&no_grants);
+            let due = self
+                .object(&key, &*o, &spec, o.status.as_ref(), m, g, now)
+                .await;
+            next = earliest(next, due);
+        }
+        next
+    }
+
+    /// Coordinate one object (when rolling) and write its status if it changed.
+    #[allow(clippy::too_many_arguments)]
+    async fn object<K>(
+        &mut self,
+        key: &ObjectKey,
+        o: &K,
+        spec: &StaticPodSpec,
+        current: Option<&StaticPodStatus>,
+        members: &[Member],
+        grants: &[Arc<Lease>],
+        now: Instant,
+    ) -> Option<Instant>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        let hash = crate::manifest::template_hash(&spec.template);
+        let strategy = spec.upgrade_strategy.as_ref();
+        let rolling = Strategy::parse(strategy.and_then(|s| s.type_.as_deref()))
+            == Ok(Strategy::AdvancedRollingUpdate);
+        let controls = RolloutControls::parse(strategy);
+        let decision = match (rolling, controls) {
+            (true, Ok(controls)) => {
+                let promoted = o
+                    .meta()
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(PROMOTED_ANNOTATION))
+                    .is_some_and(|p| *p == hash);
+                let uid = o.meta().uid.clone().unwrap_or_default();
+                let rollout = Rollout {
+                    key,
+                    uid: &uid,
+                    hash: &hash,
+                    controls,
+                    promoted,
+                    members,
+                    grants,
+                };
+                Some(self.coordinator.coordinate(&rollout, now).await)
+            }
+            // OTA (nothing to grant), or a strategy the agents refuse too: no grants stay out.
+            _ => {
+                self.withdraw(grants).await;
+                None
+            }
+        };
+        let generation = o.meta().generation.unwrap_or_default();
+        let next = desired_status(&hash, generation, current, members, decision.as_ref());
+        if current == Some(&next) {
+            return None;
+        }
+        if let Some(at) = self.written.get(key)
+            && now.duration_since(*at) < STATUS_INTERVAL
+        {
+            return Some(*at + STATUS_INTERVAL);
+        }
+        self.written.insert(key.clone(), now);
+        write_status::<K>(&self.client, key, &next).await;
+        None
+    }
+
+    async fn withdraw(&self, grants: &[Arc<Lease>]) {
+        for g in grants {
+            let Some(name) = g.metadata.name.as_deref() else {
+                continue;
+            };
+            let api: Api<Lease> = Api::namespaced(
+                self.client.clone(),
+                g.metadata.namespace.as_deref().unwrap_or_default(),
+            );
+            if let Err(e) = api.delete(name, &Default::default()).await {
+                tracing::warn!(grant = %name, error = %e, "withdrawing a grant");
+            }
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn key_of<K: Resource>(kind: Kind, o: &K) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: o.meta().namespace.clone().unwrap_or_default(),
+        name: o.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+/// The status an object should have: counts from its members, and for a rolling object the
+/// rollout's phase, failures and conditions.
 pub fn desired_status(
-    name: &str,
-    namespace: &str,
+    hash: &str,
     generation: i64,
-    spec: &StaticPodSpec,
     current: Option<&StaticPodStatus>,
-    pods: &[Arc<Pod>],
+    members: &[Member],
+    rollout: Option<&Decision>,
 ) -> StaticPodStatus {
-    let hash = crate::manifest::template_hash(&spec.template);
-    let in_ns = pods
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace))
-        .map(|p| &**p);
-    let counts = status::count(name, &hash, in_ns);
+    let counts = status::Counts::of_members(hash, members);
     let previous = current
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
     let now = k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let conditions = status::conditions(&counts)
+    let mut conditions = status::conditions(&counts);
+    if let Some(d) = rollout {
+        conditions.extend(status::rollout_conditions(hash, d));
+    }
+    let conditions = conditions
         .into_iter()
         .map(|c| {
             let status = if c.status { "True" } else { "False" }.to_string();
@@ -169,38 +400,24 @@ pub fn desired_status(
         ready_number: counts.ready,
         upgraded_number: counts.upgraded,
         observed_generation: Some(generation),
+        failed_number: rollout.map(|d| d.failed.len() as i32),
+        phase: rollout.map(|d| status::phase_name(d.phase).to_string()),
         conditions: Some(conditions),
     }
 }
 
-#[tracing::instrument(skip_all, fields(object = %format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())))]
-async fn update_status<K>(
-    client: &kube::Client,
-    o: &K,
-    spec: &StaticPodSpec,
-    current: Option<&StaticPodStatus>,
-    pods: &[Arc<Pod>],
-) where
-    K: Resource<Scope = kube::core::NamespaceResourceScope>
+#[tracing::instrument(skip_all, fields(object = %key))]
+async fn write_status<K>(client: &kube::Client, key: &ObjectKey, next: &StaticPodStatus)
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned,
-    K::DynamicType: Default,
 {
-    let namespace = o.namespace().unwrap_or_default();
-    let generation = o.meta().generation.unwrap_or_default();
-    let next = desired_status(&o.name_any(), &namespace, generation, spec, current, pods);
-    if current == Some(&next) {
-        return;
-    }
-    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
     let patch = json!({"status": next});
     match api
-        .patch_status(
-            &o.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => {

@@ -1,4 +1,5 @@
-//! What the status of a StaticPod / YurtStaticSet says, computed from mirror pods.
+//! What the status of a StaticPod / YurtStaticSet says, computed from mirror pods and, for a
+//! rolling object, from its rollout window.
 //!
 //! A member's mirror pod is named `<object name>-<node name>`, lives in the object's namespace
 //! and carries `kubernetes.io/config.source` other than `api` (kubelet's mark of a static pod).
@@ -6,6 +7,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
+use super::window::{Decision, Member, Phase};
 use crate::manifest::mirror::{is_member_pod, pod_hash, pod_ready};
 
 /// How many node names a condition message lists before summarising.
@@ -51,6 +53,29 @@ pub fn count<'a>(
     counts.not_ready.sort();
     counts.outdated.sort();
     counts
+}
+
+impl Counts {
+    /// The counts of `members` against `desired_hash`.
+    pub fn of_members(desired_hash: &str, members: &[Member]) -> Counts {
+        let mut counts = Counts::default();
+        for m in members {
+            counts.total += 1;
+            if m.ready {
+                counts.ready += 1;
+            } else {
+                counts.not_ready.push(m.node.clone());
+            }
+            if m.hash.as_deref() == Some(desired_hash) {
+                counts.upgraded += 1;
+            } else {
+                counts.outdated.push(m.node.clone());
+            }
+        }
+        counts.not_ready.sort();
+        counts.outdated.sort();
+        counts
+    }
 }
 
 /// A status condition as the controller writes it.
@@ -120,7 +145,76 @@ pub fn conditions(c: &Counts) -> Vec<Condition> {
     ]
 }
 
-fn names(nodes: &[String]) -> String {
+/// The rollout's own conditions (AdvancedRollingUpdate): Halted (naming the failed nodes
+/// and why), Paused, AwaitingPromotion.
+pub fn rollout_conditions(hash: &str, d: &Decision) -> Vec<Condition> {
+    let failed: Vec<String> = d.failed.iter().map(|(n, r)| format!("{n} ({r})")).collect();
+    let halted = d.phase == Phase::Halted;
+    let paused = d.phase == Phase::Paused;
+    let awaiting = d.phase == Phase::AwaitingPromotion;
+    vec![
+        Condition {
+            type_: "Halted",
+            status: halted,
+            reason: if halted {
+                "FailureBudgetSpent"
+            } else if failed.is_empty() {
+                "NoFailures"
+            } else {
+                "WithinFailureBudget"
+            },
+            message: if failed.is_empty() {
+                format!("no member rolled back {hash}")
+            } else {
+                format!(
+                    "{} of maxFailed {} members rolled back {hash}: {}",
+                    failed.len(),
+                    d.failure_budget,
+                    names(&failed)
+                )
+            },
+        },
+        Condition {
+            type_: "Paused",
+            status: paused,
+            reason: if paused { "Paused" } else { "NotPaused" },
+            message: if paused {
+                format!(
+                    "no new upgrades start (upgradeStrategy.paused); {} upgrading",
+                    d.upgrading.len()
+                )
+            } else {
+                "upgradeStrategy.paused is not set".to_string()
+            },
+        },
+        Condition {
+            type_: "AwaitingPromotion",
+            status: awaiting,
+            reason: if awaiting { "CanaryDone" } else { "NotWaiting" },
+            message: if awaiting {
+                format!(
+                    "the canary step of {hash} is done; promote it to go on (staticpod-puller rollout promote)"
+                )
+            } else {
+                "not waiting for promotion".to_string()
+            },
+        },
+    ]
+}
+
+/// The phase as `kubectl get -o wide` shows it.
+pub fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Complete => "Complete",
+        Phase::Progressing => "Progressing",
+        Phase::Halted => "Halted",
+        Phase::Paused => "Paused",
+        Phase::AwaitingPromotion => "AwaitingPromotion",
+    }
+}
+
+/// Node names for a message: all of them, or the first few and how many more.
+pub fn names(nodes: &[String]) -> String {
     if nodes.len() <= NAMED_NODES {
         nodes.join(", ")
     } else {

@@ -20,9 +20,10 @@ pub struct Member {
     pub ready: bool,
     /// Labelled `staticpod-puller.openyurt.io/canary=true`: upgrades first.
     pub canary: bool,
-    /// The new template's images are already on the node (`PodImageReady`): upgrades before
-    /// the others, since its pod is down only for the restart.
-    pub images_ready: bool,
+    /// The message of a True `PodImageReady` condition on its mirror pod: the images of the
+    /// hash it names are on the node, so it upgrades before the others (its pod is down only
+    /// for the restart).
+    pub images_ready: Option<String>,
 }
 
 /// A grant (one Lease per object and node) as the controller last saw it.
@@ -171,7 +172,12 @@ pub fn decide(input: &Input) -> Decision {
         }
         allowed = allowed.min(left);
     }
-    candidates.sort_by_key(|m| (!m.canary, !m.images_ready, order(input.object, &m.node)));
+    let images_ready = |m: &Member| {
+        m.images_ready
+            .as_deref()
+            .is_some_and(|message| message.contains(input.hash))
+    };
+    candidates.sort_by_key(|m| (!m.canary, !images_ready(m), order(input.object, &m.node)));
     decision.grant = candidates
         .into_iter()
         .take(allowed)
@@ -206,7 +212,7 @@ mod tests {
             hash: Some(hash.into()),
             ready,
             canary: false,
-            images_ready: false,
+            images_ready: None,
         }
     }
 
@@ -441,7 +447,8 @@ mod tests {
     #[test]
     fn nodes_with_images_ready_go_before_others_in_a_stable_order() {
         let mut members = fleet(6);
-        members[4].images_ready = true;
+        members[4].images_ready = Some(format!("images of {NEW} are on the node"));
+        members[3].images_ready = Some("images of older are on the node".into());
         let d1 = decide_with(&members, &[], controls(2), false);
         assert_eq!(d1.grant[0], "n04");
         let d2 = decide_with(&members, &[], controls(2), false);

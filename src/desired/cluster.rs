@@ -8,7 +8,7 @@ use super::{DesiredObject, Kind, ObjectKey, Refusal};
 use crate::bundle::{TrustPolicy, template};
 use crate::manifest;
 use crate::resources::validate::{Checked, check};
-use crate::resources::{StaticPod, StaticPodSpec, StaticPodStatus, YurtStaticSet};
+use crate::resources::{StaticPod, StaticPodSpec, YurtStaticSet};
 
 /// The objects an agent acts on, from the watched objects of both kinds: each validated and
 /// rendered (or refused with the reason), kept to `namespaces` (all when empty), and with
@@ -94,23 +94,17 @@ pub fn select(
 }
 
 pub fn from_static_pod(o: &StaticPod) -> Result<DesiredObject, Refusal> {
-    desired(Kind::StaticPod, o, &o.spec, o.status.as_ref())
+    desired(Kind::StaticPod, o, &o.spec)
 }
 
 pub fn from_yurt_static_set(o: &YurtStaticSet) -> Result<DesiredObject, Refusal> {
-    desired(
-        Kind::YurtStaticSet,
-        o,
-        &o.spec.clone().into(),
-        o.status.as_ref(),
-    )
+    desired(Kind::YurtStaticSet, o, &o.spec.clone().into())
 }
 
 fn desired<K: kube::Resource>(
     kind: Kind,
     o: &K,
     spec: &StaticPodSpec,
-    status: Option<&StaticPodStatus>,
 ) -> Result<DesiredObject, Refusal> {
     let Checked {
         key,
@@ -128,10 +122,6 @@ fn desired<K: kube::Resource>(
     let rendered = manifest::render(&object, &key.namespace, &key.name, &spec.template)
         .map_err(|e| refuse(e.to_string()))?;
     let generation = o.meta().generation.unwrap_or_default();
-    let current =
-        status.filter(|s| s.observed_generation == Some(generation) && s.total_number > 0);
-    let members = current.map(|s| s.total_number);
-    let pending = current.map(|s| (s.total_number - s.upgraded_number).max(0));
     Ok(DesiredObject {
         key,
         uid,
@@ -142,7 +132,5 @@ fn desired<K: kube::Resource>(
         revision_history_limit: history,
         hash: rendered.hash,
         rendered: rendered.bytes,
-        members,
-        pending,
     })
 }

@@ -25,7 +25,7 @@ pub struct DesiredObject {
     /// `spec.staticPodManifest`: the manifest file stem.
     pub manifest: String,
     pub strategy: Strategy,
-    /// Resolved against the member count when a slot is needed.
+    /// The controller resolves it against the member count; shown in `status`.
     pub max_unavailable: MaxUnavailable,
     pub revision_history_limit: usize,
     /// The template hash (the desired revision).
@@ -33,25 +33,6 @@ pub struct DesiredObject {
     /// The manifest bytes to write.
     #[serde(with = "bytes_as_string")]
     pub rendered: Vec<u8>,
-    /// `status.totalNumber` when the status is current (observedGeneration == generation).
-    /// Not cached: it is only meaningful while the status is being watched.
-    #[serde(skip)]
-    pub members: Option<i32>,
-    /// Members not yet on the desired hash (`totalNumber - upgradedNumber`) when the status is
-    /// current: how many nodes may be competing for slots. Not cached, as `members`.
-    #[serde(skip)]
-    pub pending: Option<i32>,
-}
-
-impl DesiredObject {
-    /// The object as cached in the state directory (without the status-derived counts).
-    pub fn cacheable(&self) -> DesiredObject {
-        DesiredObject {
-            members: None,
-            pending: None,
-            ..self.clone()
-        }
-    }
 }
 
 /// A verified bundle's items as desired objects, and the items that could not become one

@@ -4,7 +4,7 @@
 //! - `POST /openyurt.io/v1/namespaces/{ns}/pods/{pod}/upgrade`: start an OTA upgrade (200
 //!   `Start updating pod ns/pod`; 403, 404, 409 with the reason), plain-text bodies.
 //! - `GET` on the same path: the upgrade's state as JSON. `GET /healthz`, `GET /readyz`.
-//! - `GET /status`: what the agent believes (objects, hashes, phases, slots, connectivity).
+//! - `GET /status`: what the agent believes (objects, hashes, phases, grants, connectivity).
 //!
 //! Loopback by default; with a token file every request must carry `Authorization: Bearer`.
 

@@ -1,7 +1,7 @@
 //! OTA upgrades: the agent announces an available upgrade with pod condition `PodNeedUpgrade`
 //! on its own mirror pod, and upgrades only when asked through the node-local API
 //! ([`api`]). The upgrade itself is the rolling upgrade's (back up → atomic write → wait for the
-//! new hash and Ready → roll back on the deadline), without a slot, journaled the same way.
+//! new hash and Ready → roll back on the deadline), without a grant, journaled the same way.
 
 pub mod api;
 pub mod client;
@@ -181,7 +181,7 @@ pub struct Ota {
     pub upgrader: Arc<Upgrader>,
     pub running: Arc<InFlight>,
     pub changed: Arc<Notify>,
-    /// The slot Leases (to report the ones this node holds).
+    /// This node's grant Leases (to report the ones it holds).
     pub leases: Store<k8s_openapi::api::coordination::v1::Lease>,
     /// The desired objects as of the agent's last pass.
     desired: Mutex<BTreeMap<ObjectKey, DesiredObject>>,

@@ -15,8 +15,8 @@ pub struct NodeStatus {
     pub objects: Vec<ObjectStatus>,
     /// Objects this agent will not act on, and why.
     pub refused: Vec<RefusedObject>,
-    /// Upgrade slot Leases this node holds.
-    pub slots_held: Vec<String>,
+    /// Grant Leases this node holds (upgrades the controller let it run).
+    pub grants_held: Vec<String>,
     /// Fetched bundles verified but held back: the cluster is authoritative while the API
     /// server is reachable.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -46,7 +46,7 @@ pub struct ObjectStatus {
     pub desired_hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_hash: Option<String>,
-    /// not-member, current, drifted, upgrading, waiting-for-slot, upgrade-available, rolled-back.
+    /// not-member, current, drifted, upgrading, waiting-for-grant, upgrade-available, rolled-back.
     pub phase: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -85,7 +85,7 @@ impl Ota {
                     Plan::Drifted => "drifted",
                     Plan::HeldBack { .. } => "rolled-back",
                     Plan::UpgradeAvailable => "upgrade-available",
-                    Plan::Upgrade { .. } => "waiting-for-slot",
+                    Plan::Upgrade { .. } => "waiting-for-grant",
                 }
             };
             let last_error = self
@@ -121,7 +121,7 @@ impl Ota {
                 reason: r.reason.clone(),
             })
             .collect();
-        let mut slots_held: Vec<String> = self
+        let mut grants_held: Vec<String> = self
             .leases
             .state()
             .iter()
@@ -130,7 +130,7 @@ impl Ota {
             })
             .filter_map(|l| l.metadata.name.clone())
             .collect();
-        slots_held.sort();
+        grants_held.sort();
         let held_bundles = self
             .held_bundles()
             .into_iter()
@@ -147,7 +147,7 @@ impl Ota {
             api_server_reachable: self.online().await,
             objects,
             refused,
-            slots_held,
+            grants_held,
             held_bundles,
             from_bundles: self.applied.all(),
         }
@@ -156,7 +156,7 @@ impl Ota {
 
 impl Ota {
     /// The exposition text: the process's counters and, per object, an info gauge with its
-    /// hashes and phase, plus whether the API server answers and the slots held.
+    /// hashes and phase, plus whether the API server answers and the grants held.
     pub async fn metrics(&self) -> String {
         use crate::metrics::Gauge;
         let status = self.status().await;
@@ -187,10 +187,10 @@ impl Ota {
             },
         });
         gauges.push(Gauge {
-            name: "staticpod_puller_slots_held",
-            help: "Upgrade slot Leases this node holds.",
+            name: "staticpod_puller_grants_held",
+            help: "Grant Leases this node holds.",
             labels: Vec::new(),
-            value: status.slots_held.len() as f64,
+            value: status.grants_held.len() as f64,
         });
         gauges.push(Gauge {
             name: "staticpod_puller_objects_refused",

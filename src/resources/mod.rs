@@ -61,6 +61,20 @@ spec_struct! {
             type_ = "integer",
             json_path = ".status.upgradedNumber",
             description = "The number of static pods that have been upgraded"
+        ),
+        printcolumn(
+            name = "Failed",
+            type_ = "integer",
+            json_path = ".status.failedNumber",
+            description = "Members that rolled the new template back",
+            priority = 1
+        ),
+        printcolumn(
+            name = "Phase",
+            type_ = "string",
+            json_path = ".status.phase",
+            description = "Where the rollout stands",
+            priority = 1
         )
     )]
     StaticPodSpec
@@ -94,7 +108,21 @@ spec_struct! {
             json_path = ".status.upgradedNumber",
             description = "The number of static pods that have been upgraded"
         ),
-        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+        printcolumn(
+            name = "Failed",
+            type_ = "integer",
+            json_path = ".status.failedNumber",
+            description = "Members that rolled the new template back",
+            priority = 1
+        ),
+        printcolumn(
+            name = "Phase",
+            type_ = "string",
+            json_path = ".status.phase",
+            description = "Where the rollout stands",
+            priority = 1
+        )
     )]
     YurtStaticSetSpec
 }
@@ -165,6 +193,12 @@ pub struct StaticPodStatus {
     pub upgraded_number: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Members that rolled the desired hash back (AdvancedRollingUpdate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_number: Option<i32>,
+    /// Where the rollout stands: Complete, Progressing, Halted, Paused, AwaitingPromotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<StatusCondition>>,
 }

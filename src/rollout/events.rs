@@ -19,6 +19,8 @@ pub enum Reason {
     DriftDetected,
     /// Back online, the cluster's template replaces a manifest a signed bundle set.
     BundleSuperseded,
+    /// The controller stopped granting a hash: `maxFailed` members rolled it back.
+    RolloutHalted,
 }
 
 impl Reason {
@@ -31,13 +33,14 @@ impl Reason {
             Reason::DriftRestored => "DriftRestored",
             Reason::DriftDetected => "DriftDetected",
             Reason::BundleSuperseded => "BundleSuperseded",
+            Reason::RolloutHalted => "RolloutHalted",
         }
     }
 
     fn warning(self) -> bool {
         matches!(
             self,
-            Reason::RolledBack | Reason::Refused | Reason::DriftDetected
+            Reason::RolledBack | Reason::Refused | Reason::DriftDetected | Reason::RolloutHalted
         )
     }
 }
@@ -46,7 +49,10 @@ impl Reason {
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
+    /// The reporting node, or the controller replica.
     node: String,
+    /// Put before every message (`node NAME: `; empty for the controller).
+    prefix: String,
 }
 
 impl Recorder {
@@ -54,13 +60,23 @@ impl Recorder {
         Recorder {
             client,
             node: node.to_string(),
+            prefix: format!("node {node}: "),
+        }
+    }
+
+    /// Events of the controller replica `identity`, about the whole rollout.
+    pub fn controller(client: kube::Client, identity: &str) -> Self {
+        Recorder {
+            client,
+            node: identity.to_string(),
+            prefix: String::new(),
         }
     }
 
     /// Emit an event; failures are logged, never fatal (events are best effort, as in kubelet).
     pub async fn emit(&self, object: &ObjectKey, uid: &str, reason: Reason, message: &str) {
         let now = k8s_openapi::jiff::Timestamp::now();
-        let message = format!("node {}: {message}", self.node);
+        let message = format!("{}{message}", self.prefix);
         let event = Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{}.", object.name)),

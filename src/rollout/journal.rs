@@ -33,8 +33,9 @@ pub struct Entry {
     pub previous_revision: Option<String>,
     /// The hash being rolled out.
     pub target_hash: String,
-    /// The slot Lease held, if any.
-    pub slot: Option<String>,
+    /// The grant Lease held, if any (`slot` in journals written before grants).
+    #[serde(alias = "slot")]
+    pub grant: Option<String>,
     /// Unix seconds when the upgrade started.
     pub started_at: i64,
 }
@@ -122,7 +123,7 @@ mod tests {
             manifest: "nginx".into(),
             previous_revision: Some("abc".into()),
             target_hash: "def".into(),
-            slot: Some("sp.default.nginx.0".into()),
+            grant: Some("sp.default.nginx.edge-1".into()),
             started_at: 1_700_000_000,
         };
         {

@@ -26,9 +26,9 @@ pub enum Plan {
     HeldBack { hash: String },
     /// OTA: an upgrade is available; it starts only when asked through the local API.
     UpgradeAvailable,
-    /// Upgrade now. Without a slot when the current pod is already not Ready: replacing it
-    /// cannot lower availability.
-    Upgrade { needs_slot: bool },
+    /// Upgrade: with a grant from the controller, or without one when the current pod is
+    /// already not Ready (replacing it cannot lower availability).
+    Upgrade { needs_grant: bool },
 }
 
 /// The hash a local manifest carries, or None (hand-placed, or unreadable).
@@ -72,7 +72,7 @@ pub fn plan(
         Strategy::AdvancedRollingUpdate => {
             let ready_now = mirror.is_some_and(|m| m.ready);
             Plan::Upgrade {
-                needs_slot: ready_now,
+                needs_grant: ready_now,
             }
         }
     }
@@ -108,8 +108,6 @@ mod tests {
             revision_history_limit: 3,
             hash: r.hash,
             rendered: r.bytes,
-            members: None,
-            pending: None,
         }
     }
 
@@ -146,15 +144,15 @@ mod tests {
         // Behind: a slot is needed while the current pod is Ready, not when it is not.
         assert_eq!(
             plan(&new, Some(HAND_PLACED), up.as_ref(), &none),
-            Plan::Upgrade { needs_slot: true }
+            Plan::Upgrade { needs_grant: true }
         );
         assert_eq!(
             plan(&new, Some(&old.rendered), down.as_ref(), &none),
-            Plan::Upgrade { needs_slot: false }
+            Plan::Upgrade { needs_grant: false }
         );
         assert_eq!(
             plan(&new, Some(&old.rendered), None, &none),
-            Plan::Upgrade { needs_slot: false }
+            Plan::Upgrade { needs_grant: false }
         );
         // OTA only announces.
         assert_eq!(
@@ -172,7 +170,7 @@ mod tests {
         let newer = desired("nginx:1.19.3", Strategy::AdvancedRollingUpdate);
         assert_eq!(
             plan(&newer, Some(HAND_PLACED), up.as_ref(), &failed),
-            Plan::Upgrade { needs_slot: true }
+            Plan::Upgrade { needs_grant: true }
         );
         // Edited on the node but still carrying the desired hash: drift.
         let edited = String::from_utf8(new.rendered.clone())

@@ -2,8 +2,8 @@
 //! the mirror pod carries the new hash and is Ready → done; on the deadline, restore the
 //! previous manifest atomically, remember the failed hash, and report.
 //!
-//! The slot (if any) is taken by the caller; the upgrade renews it while waiting and releases
-//! it when it ends.
+//! The grant (if any) is the controller's; the upgrade renews it while waiting and finishes it
+//! (the outcome recorded, the grant released) when it ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::events::{Reason, Recorder};
+use super::grant::{Finish, Grant, Grants};
 use super::journal::{Entry, Journal, JournalError};
 use super::plan::{MirrorState, local_hash};
-use super::slots::{Slot, Slots};
 use crate::desired::DesiredObject;
 use crate::manifest::store::{ManifestStore, StoreError};
 
@@ -174,36 +174,37 @@ impl Upgrader {
         }
     }
 
-    /// Run an upgrade to `desired`, holding `slot` (if any) until it ends: the slot is renewed
-    /// while waiting and released before the outcome is reported, so the next node starts as
-    /// early as possible. `superseded` is asked while waiting whether a newer template replaced
+    /// Run an upgrade to `desired`, holding `grant` (a grant, if any) until it ends: the grant
+    /// is renewed while waiting and finished with the outcome before the outcome is reported,
+    /// so the next node starts as early as possible. `superseded` is asked while waiting whether a newer template replaced
     /// this one; `on_written` is called once the new manifest is in place.
     #[tracing::instrument(skip_all, fields(object = %desired.key, node = %self.node, hash = %desired.hash))]
     pub async fn upgrade(
         &self,
         desired: &DesiredObject,
-        slot: Option<(&Slots, &Slot)>,
+        grant: Option<(&Grants, &Grant)>,
         superseded: impl Fn() -> bool,
         on_written: impl FnOnce(),
     ) -> Result<Outcome, UpgradeError> {
-        let result = match self.write(desired, slot).await {
+        let result = match self.write(desired, grant).await {
             Ok(entry) => {
                 on_written();
                 let deadline = Instant::now() + self.progress_deadline;
-                self.wait(desired, &entry, deadline, slot, superseded).await
+                self.wait(desired, &entry, deadline, grant, superseded)
+                    .await
             }
             Err(e) => Err(e),
         };
-        self.finish(desired, slot, result).await
+        self.finish(desired, grant, result).await
     }
 
-    /// Finish an upgrade a previous run of the agent left in the journal, holding `slot` (the
+    /// Finish an upgrade a previous run of the agent left in the journal, holding `grant` (the
     /// one it held, if it is still ours) until it ends.
     pub async fn resume(
         &self,
         desired: Option<&DesiredObject>,
         entry: &Entry,
-        slot: Option<(&Slots, &Slot)>,
+        grant: Option<(&Grants, &Grant)>,
     ) -> Result<Outcome, UpgradeError> {
         let object = entry.object.clone();
         let journal = Journal::new(&self.store);
@@ -223,22 +224,22 @@ impl Upgrader {
                 .end(&entry.manifest)
                 .map(|()| Outcome::Superseded)
                 .map_err(|source| UpgradeError::Journal { object, source });
-            release(slot).await;
+            release(grant, &Finish::Released).await;
             return result;
         };
         let elapsed =
             Duration::from_secs(unix_now().saturating_sub(entry.started_at).max(0) as u64);
         let deadline = Instant::now() + self.progress_deadline.saturating_sub(elapsed);
         tracing::info!(object = %object, node = %self.node, "resuming an upgrade left by a previous run");
-        let result = self.wait(desired, entry, deadline, slot, || false).await;
-        self.finish(desired, slot, result).await
+        let result = self.wait(desired, entry, deadline, grant, || false).await;
+        self.finish(desired, grant, result).await
     }
 
     /// Back up the current manifest, journal the upgrade, write the new manifest.
     async fn write(
         &self,
         desired: &DesiredObject,
-        slot: Option<(&Slots, &Slot)>,
+        grant: Option<(&Grants, &Grant)>,
     ) -> Result<Entry, UpgradeError> {
         let object = desired.key.to_string();
         let store_err = |source| UpgradeError::Store {
@@ -268,7 +269,7 @@ impl Upgrader {
             manifest: desired.manifest.clone(),
             previous_revision: Some(previous_revision.clone()),
             target_hash: desired.hash.clone(),
-            slot: slot.map(|(_, s)| s.lease_name.clone()),
+            grant: grant.map(|(_, s)| s.lease_name.clone()),
             started_at: unix_now(),
         };
         Journal::new(&self.store)
@@ -294,13 +295,13 @@ impl Upgrader {
     }
 
     /// Wait until the mirror pod runs the new hash and is Ready (woken by changes of the pod
-    /// cache, not polling), renewing the slot; roll back on the deadline.
+    /// cache, not polling), renewing the grant; roll back on the deadline.
     async fn wait(
         &self,
         desired: &DesiredObject,
         entry: &Entry,
         deadline: Instant,
-        slot: Option<(&Slots, &Slot)>,
+        grant: Option<(&Grants, &Grant)>,
         superseded: impl Fn() -> bool,
     ) -> Result<Outcome, UpgradeError> {
         let object = desired.key.to_string();
@@ -363,16 +364,16 @@ impl Upgrader {
                 );
                 return self.roll_back(desired, entry, reason);
             }
-            if let Some((slots, held)) = slot
+            if let Some((grants, held)) = grant
                 && now >= next_renewal
             {
                 next_renewal = now + renew_every;
-                match slots.renew(held).await {
+                match grants.renew(held).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(slot = %held.lease_name, "upgrade slot lost while upgrading")
+                        tracing::warn!(grant = %held.lease_name, "grant withdrawn while upgrading (expired, or the template changed)")
                     }
-                    Err(e) => tracing::warn!(error = %e, "renewing upgrade slot"),
+                    Err(e) => tracing::warn!(error = %e, "renewing the grant"),
                 }
             }
             // Woken by a change of the mirror pods, else by the next renewal or the deadline
@@ -432,14 +433,19 @@ impl Upgrader {
         Ok(Outcome::RolledBack { reason, restored })
     }
 
-    /// Release the slot, then report the outcome (log and Event).
+    /// Finish the grant with the outcome, then report it (log and Event).
     async fn finish(
         &self,
         desired: &DesiredObject,
-        slot: Option<(&Slots, &Slot)>,
+        grant: Option<(&Grants, &Grant)>,
         result: Result<Outcome, UpgradeError>,
     ) -> Result<Outcome, UpgradeError> {
-        release(slot).await;
+        let how = match &result {
+            Ok(Outcome::Succeeded { .. }) => Finish::Succeeded,
+            Ok(Outcome::RolledBack { reason, .. }) => Finish::RolledBack(reason.clone()),
+            Ok(Outcome::Superseded) | Err(_) => Finish::Released,
+        };
+        release(grant, &how).await;
         let outcome = match &result {
             Ok(Outcome::Succeeded { .. }) => "succeeded",
             Ok(Outcome::RolledBack { .. }) => "rolled_back",
@@ -479,19 +485,19 @@ impl Upgrader {
     }
 }
 
-/// Release the slot, retrying a failed request a few times: a slot left held idles the budget
-/// until it expires.
-async fn release(slot: Option<(&Slots, &Slot)>) {
-    let Some((slots, held)) = slot else { return };
+/// Finish the grant, retrying a failed request a few times: a grant left open holds a unit
+/// of the window until it expires.
+async fn release(grant: Option<(&Grants, &Grant)>, how: &Finish) {
+    let Some((grants, held)) = grant else { return };
     let mut pause = Duration::from_millis(100);
     for attempt in 1..=RELEASE_ATTEMPTS {
-        match slots.release(held).await {
+        match grants.finish(held, how).await {
             Ok(()) => return,
             Err(e) if attempt == RELEASE_ATTEMPTS => {
-                tracing::warn!(slot = %held.lease_name, error = %e, "releasing upgrade slot failed; it expires by itself")
+                tracing::warn!(grant = %held.lease_name, error = %e, "finishing the grant failed; it expires by itself")
             }
             Err(e) => {
-                tracing::debug!(slot = %held.lease_name, error = %e, attempt, "releasing upgrade slot; retrying");
+                tracing::debug!(grant = %held.lease_name, error = %e, attempt, "finishing the grant; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }

@@ -1,17 +1,15 @@
 //! The reconcile pass: desired state (from the caches) → plan (per object, what differs) →
 //! act (start an upgrade, restore or report drift, announce OTA, report refusals). A pass reads
 //! only the caches and the manifest directory, so it costs no API request unless it writes
-//! (a slot, a status, an Event).
+//! (a grant, a status, an Event).
 
 mod announce;
 mod bundle_set;
 mod drift;
 mod upgrades;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-
-use tokio::time::Instant;
 
 use super::caches::Caches;
 use crate::bundle::TrustPolicy;
@@ -22,8 +20,8 @@ use crate::desired::{DesiredObject, ObjectKey, Refusal, Strategy, cache, cluster
 use crate::manifest::store::ManifestStore;
 use crate::ota::Ota;
 use crate::rollout::events::{Reason, Recorder};
+use crate::rollout::grant::Grants;
 use crate::rollout::plan::{Plan, plan};
-use crate::rollout::slots::Slots;
 use crate::rollout::upgrade::{InFlight, Upgrader};
 
 /// Something not converged after a pass.
@@ -57,7 +55,7 @@ pub(super) struct Reconciler {
     pub(super) client: kube::Client,
     pub(super) store: Arc<ManifestStore>,
     pub(super) caches: Caches,
-    pub(super) slots: Arc<Slots>,
+    pub(super) grants: Arc<Grants>,
     pub(super) upgrader: Arc<Upgrader>,
     pub(super) events: Recorder,
     pub(super) running: Arc<InFlight>,
@@ -77,8 +75,6 @@ pub(super) struct Reconciler {
     members: HashSet<String>,
     /// Drift already reported (manifest, content digest), in report mode.
     drift_reported: HashSet<(String, String)>,
-    /// Member counts read from the API server, with when (when the status is not current).
-    member_counts: HashMap<ObjectKey, (Instant, usize)>,
     /// Bundle-set manifests already reported as kept while offline: (manifest, sequence).
     kept_reported: HashSet<(String, u64)>,
 }
@@ -90,7 +86,7 @@ pub(super) struct Parts {
     pub(super) client: kube::Client,
     pub(super) store: Arc<ManifestStore>,
     pub(super) caches: Caches,
-    pub(super) slots: Arc<Slots>,
+    pub(super) grants: Arc<Grants>,
     pub(super) upgrader: Arc<Upgrader>,
     pub(super) events: Recorder,
     pub(super) running: Arc<InFlight>,
@@ -109,7 +105,7 @@ impl Reconciler {
             client: p.client,
             store: p.store,
             caches: p.caches,
-            slots: p.slots,
+            grants: p.grants,
             upgrader: p.upgrader,
             events: p.events,
             running: p.running,
@@ -121,7 +117,6 @@ impl Reconciler {
             refused_reported: HashSet::new(),
             members: HashSet::new(),
             drift_reported: HashSet::new(),
-            member_counts: HashMap::new(),
             kept_reported: HashSet::new(),
         }
     }
@@ -151,15 +146,11 @@ impl Reconciler {
                     .await;
             }
         }
-        let cacheable: BTreeMap<ObjectKey, DesiredObject> = desired
-            .iter()
-            .map(|(k, d)| (k.clone(), d.cacheable()))
-            .collect();
-        if cacheable != self.last_cached {
-            if let Err(e) = cache::save(&self.store, &cacheable) {
+        if desired != self.last_cached {
+            if let Err(e) = cache::save(&self.store, &desired) {
                 tracing::warn!(error = %e, "saving the desired-state cache");
             }
-            self.last_cached = cacheable;
+            self.last_cached = desired.clone();
         }
         let failed = self.upgrader.failed.snapshot();
         let mut pending: Vec<Pending> = Vec::new();
@@ -205,6 +196,7 @@ impl Reconciler {
                 }
                 Plan::Current => {
                     self.members.insert(d.manifest.clone());
+                    self.finish_done_grant(d, &mirror_name).await;
                 }
                 Plan::Drifted => {
                     self.members.insert(d.manifest.clone());
@@ -216,10 +208,18 @@ impl Reconciler {
                         )));
                     }
                 }
-                Plan::HeldBack { hash } => pending.push(Pending::settled(format!(
-                    "{}: {hash} was rolled back here and is not retried until the template changes",
-                    d.key
-                ))),
+                // A grant for a hash rolled back here is the operator's retry (`rollout retry`).
+                Plan::HeldBack { hash } => match self.grant_for(d, &hash) {
+                    Some(grant) if self.upgrader.mirrors.node_ready() => {
+                        tracing::info!(object = %d.key, node = %self.node, %hash, "retrying a hash rolled back here: the controller granted it again");
+                        pending.push(Pending::moving(format!("{} retrying {hash}", d.key)));
+                        self.start_upgrade(d, Some(grant)).await;
+                    }
+                    _ => pending.push(Pending::settled(format!(
+                        "{}: {hash} was rolled back here and is not retried until the template changes",
+                        d.key
+                    ))),
+                },
                 Plan::UpgradeAvailable => pending.push(Pending::settled(format!(
                     "{}: OTA upgrade available, waiting for the node's operator",
                     d.key
@@ -232,10 +232,23 @@ impl Reconciler {
                         d.key
                     )));
                 }
-                Plan::Upgrade { needs_slot } => {
+                Plan::Upgrade { needs_grant: false } => {
                     self.members.insert(d.manifest.clone());
                     pending.push(Pending::moving(format!("{} behind", d.key)));
-                    self.start_upgrade(d, needs_slot).await;
+                    self.start_upgrade(d, None).await;
+                }
+                Plan::Upgrade { needs_grant: true } => {
+                    self.members.insert(d.manifest.clone());
+                    match self.grant_for(d, &d.hash) {
+                        Some(grant) => {
+                            pending.push(Pending::moving(format!("{} behind", d.key)));
+                            self.start_upgrade(d, Some(grant)).await;
+                        }
+                        None => pending.push(Pending::moving(format!(
+                            "{} behind; waiting for the controller's grant",
+                            d.key
+                        ))),
+                    }
                 }
             }
         }

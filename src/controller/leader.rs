@@ -1,11 +1,12 @@
-//! Upgrade slots: at most `maxUnavailable` members of an object upgrade at once, each holding
-//! one `coordination.k8s.io/v1` Lease in the agents' namespace.
+//! Leader election: one active controller replica at a time holds a `coordination.k8s.io/v1`
+//! Lease in the agents' namespace (named as slot 0 of `controller <ns>/status`, the name
+//! earlier releases used, so replicas of both agree during an upgrade). It carries no node
+//! label, so no agent watches it.
 //!
-//! A slot is taken by create (409 = taken) or by a resourceVersion-guarded update of a free or
-//! expired Lease. Leases are read from a watched cache (a reflector on the agents' namespace),
-//! so waiting for a slot costs the API server nothing; only writes are requests. Expiry is judged as client-go's leader election does: from this agent's own
-//! monotonic clock since it last saw the Lease change, never by comparing another node's
-//! timestamps with ours (clocks on edge devices drift).
+//! The Lease is taken by create (409 = taken) or by a resourceVersion-guarded update of a free
+//! or expired Lease, read from a watched cache. Expiry is judged as client-go's leader
+//! election does: from this replica's own monotonic clock since it last saw the Lease change,
+//! never by comparing another replica's timestamps with ours.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,8 +21,8 @@ use tokio::time::Instant;
 
 use crate::rules::random_below;
 
-/// Annotation on a slot Lease naming the object it is a slot of (`Kind ns/name`).
-pub const OBJECT_ANNOTATION: &str = "staticpod-puller.openyurt.io/object";
+/// Annotation naming what the Lease is for.
+const OBJECT_ANNOTATION: &str = "staticpod-puller.openyurt.io/object";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -300,21 +301,6 @@ impl Slots {
     pub async fn renew(&self, held: &Slot) -> Result<bool, SlotError> {
         self.update_held(held, "renewing", |spec| spec.renew_time = Some(now_micro()))
             .await
-    }
-
-    /// Release a held slot: clear the holder (resourceVersion-guarded, so a slot taken over
-    /// meanwhile is left alone).
-    pub async fn release(&self, held: &Slot) -> Result<(), SlotError> {
-        self.update_held(held, "releasing", |spec| {
-            spec.holder_identity = None;
-            spec.renew_time = Some(now_micro());
-        })
-        .await?;
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&held.lease_name);
-        Ok(())
     }
 
     /// True when the Lease has not changed for longer than its duration, by our clock.

@@ -1,0 +1,311 @@
+//! Applying the window ([`super::window`]) of each AdvancedRollingUpdate object: create the
+//! grants it decides, delete the finished, stale and expired ones, report a halt. Thin on
+//! purpose: every decision is the pure function's.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use tokio::time::Instant;
+
+use super::window::{Decision, GrantState, GrantView, Input, Member, Phase, decide};
+use crate::desired::ObjectKey;
+use crate::manifest::mirror::{CONFIG_SOURCE, pod_hash, pod_ready};
+use crate::resources::RolloutControls;
+use crate::rollout::events::{Reason, Recorder};
+use crate::rollout::grant::{self, Grant, NODE_ANNOTATION};
+
+/// Annotation on an object: the hash promoted past the canary step (`rollout promote`).
+pub const PROMOTED_ANNOTATION: &str = "staticpod-puller.openyurt.io/promoted";
+/// Node label: upgrade this node in the canary step, before the others.
+pub const CANARY_LABEL: &str = "staticpod-puller.openyurt.io/canary";
+/// The pod condition saying the new template's images are on the node (OpenYurt's name).
+pub const IMAGE_READY_CONDITION: &str = "PodImageReady";
+
+/// Members of every object, from the mirror pods in one pass: (namespace, object name) →
+/// members. A mirror pod is `<object name>-<node name>` with a non-`api` config source.
+pub fn members_by_object(
+    pods: &[Arc<Pod>],
+    canary_nodes: &HashSet<String>,
+) -> HashMap<(String, String), Vec<Member>> {
+    let mut members: HashMap<(String, String), Vec<Member>> = HashMap::new();
+    for pod in pods {
+        let (Some(namespace), Some(name), Some(node)) = (
+            pod.metadata.namespace.as_deref(),
+            pod.metadata.name.as_deref(),
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        ) else {
+            continue;
+        };
+        let is_static = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CONFIG_SOURCE))
+            .is_some_and(|s| s != "api");
+        let Some(object) = name
+            .strip_suffix(node)
+            .and_then(|rest| rest.strip_suffix('-'))
+        else {
+            continue;
+        };
+        if !is_static || object.is_empty() {
+            continue;
+        }
+        let hash = pod_hash(pod).map(str::to_string);
+        members
+            .entry((namespace.to_string(), object.to_string()))
+            .or_default()
+            .push(Member {
+                node: node.to_string(),
+                hash,
+                ready: pod_ready(pod),
+                canary: canary_nodes.contains(node),
+                images_ready: images_ready(pod),
+            });
+    }
+    members
+}
+
+/// The message of a True `PodImageReady` condition (it names the hash whose images are on
+/// the node; the pod itself still runs the old one).
+fn images_ready(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == IMAGE_READY_CONDITION && c.status == "True")
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
+/// One object to coordinate.
+pub struct Rollout<'a> {
+    pub key: &'a ObjectKey,
+    pub uid: &'a str,
+    pub hash: &'a str,
+    pub controls: RolloutControls,
+    pub promoted: bool,
+    pub members: &'a [Member],
+    /// This object's grant Leases.
+    pub grants: &'a [Arc<Lease>],
+}
+
+/// The controller's side of grants.
+pub struct Coordinator {
+    api: Api<Lease>,
+    lease_duration: Duration,
+    events: Recorder,
+    /// Grant → (resourceVersion, when this replica saw it change): expiry by our own clock.
+    observed: HashMap<String, (String, Instant)>,
+    /// Halts already reported: (object, hash).
+    halts_reported: HashSet<(ObjectKey, String)>,
+}
+
+impl Coordinator {
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        lease_duration: Duration,
+        identity: &str,
+    ) -> Coordinator {
+        Coordinator {
+            api: Api::namespaced(client.clone(), namespace),
+            lease_duration,
+            events: Recorder::controller(client, identity),
+            observed: HashMap::new(),
+            halts_reported: HashSet::new(),
+        }
+    }
+
+    /// Note when each grant was last seen changing (call with every grant, every pass; a
+    /// grant not passed is forgotten), and return when the next open one would expire.
+    pub fn observe(&mut self, grants: &[Arc<Lease>], now: Instant) -> Option<Instant> {
+        let mut seen = HashSet::new();
+        let mut next = None::<Instant>;
+        for lease in grants {
+            let (Some(name), rv) = (
+                lease.metadata.name.clone(),
+                lease.metadata.resource_version.clone().unwrap_or_default(),
+            ) else {
+                continue;
+            };
+            let entry = self
+                .observed
+                .entry(name.clone())
+                .or_insert_with(|| (rv.clone(), now));
+            if entry.0 != rv {
+                *entry = (rv, now);
+            }
+            if Grant::from_lease(lease).is_some_and(|g| g.open) {
+                let at = entry.1 + duration_of(lease, self.lease_duration);
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            seen.insert(name);
+        }
+        self.observed.retain(|name, _| seen.contains(name));
+        next
+    }
+
+    fn expired(&self, lease: &Lease, now: Instant) -> bool {
+        let name = lease.metadata.name.as_deref().unwrap_or_default();
+        self.observed.get(name).is_some_and(|(_, at)| {
+            now.duration_since(*at) > duration_of(lease, self.lease_duration)
+        })
+    }
+
+    /// Decide and apply one object's window.
+    #[tracing::instrument(skip_all, fields(object = %rollout.key, hash = %rollout.hash))]
+    pub async fn coordinate(&mut self, rollout: &Rollout<'_>, now: Instant) -> Decision {
+        let views: Vec<GrantView> = rollout
+            .grants
+            .iter()
+            .filter_map(|lease| self.view(lease, now))
+            .collect();
+        let object = rollout.key.to_string();
+        let decision = decide(&Input {
+            object: &object,
+            hash: rollout.hash,
+            members: rollout.members,
+            grants: &views,
+            controls: rollout.controls,
+            promoted: rollout.promoted,
+        });
+        for node in &decision.delete {
+            let name = grant::lease_name(rollout.key, node);
+            match self.api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
+            }
+        }
+        for node in &decision.grant {
+            let lease = grant::lease(rollout.key, node, rollout.hash, self.lease_duration);
+            match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => tracing::info!(node = %node, "granted"),
+                // Still there from before (its deletion not seen yet): the next pass sees it.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tracing::debug!(node = %node, "grant exists already")
+                }
+                Err(e) => tracing::warn!(node = %node, error = %e, "creating a grant"),
+            }
+        }
+        if decision.phase == Phase::Halted
+            && self
+                .halts_reported
+                .insert((rollout.key.clone(), rollout.hash.to_string()))
+        {
+            let failed = super::status::names(
+                &decision
+                    .failed
+                    .iter()
+                    .map(|(n, r)| format!("{n} ({r})"))
+                    .collect::<Vec<_>>(),
+            );
+            let message = format!(
+                "rollout of {} halted: {} of maxFailed {} members rolled it back: {failed}; fix the template, or `staticpod-puller rollout retry`",
+                rollout.hash,
+                decision.failed.len(),
+                decision.failure_budget
+            );
+            tracing::warn!(%message, "rollout halted");
+            self.events
+                .emit(rollout.key, rollout.uid, Reason::RolloutHalted, &message)
+                .await;
+        }
+        decision
+    }
+
+    /// A grant Lease as the window sees it.
+    fn view(&self, lease: &Lease, now: Instant) -> Option<GrantView> {
+        let g = Grant::from_lease(lease)?;
+        let node = lease
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(NODE_ANNOTATION)?
+            .clone();
+        let state = match g.result.as_deref() {
+            None if g.open => GrantState::Out {
+                expired: self.expired(lease, now),
+            },
+            None => GrantState::Released,
+            Some("succeeded") => GrantState::Succeeded,
+            Some(r) => match r.strip_prefix("rolled-back: ") {
+                Some(reason) => GrantState::RolledBack {
+                    reason: reason.to_string(),
+                },
+                None => GrantState::Released,
+            },
+        };
+        Some(GrantView {
+            node,
+            hash: g.hash,
+            state,
+        })
+    }
+}
+
+fn duration_of(lease: &Lease, default: Duration) -> Duration {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .map_or(default, |s| Duration::from_secs(s.max(1) as u64))
+}
+
+/// Grants by the object label value they carry.
+pub fn grants_by_object(leases: &[Arc<Lease>]) -> BTreeMap<String, Vec<Arc<Lease>>> {
+    let mut by: BTreeMap<String, Vec<Arc<Lease>>> = BTreeMap::new();
+    for lease in leases {
+        if let Some(object) = lease
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(grant::OBJECT_LABEL))
+        {
+            by.entry(object.clone()).or_default().push(lease.clone());
+        }
+    }
+    by
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, node: &str, source: &str, ready: bool) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default", "annotations": {
+                    CONFIG_SOURCE: source, crate::manifest::HASH_ANNOTATION: "h1"}},
+                "spec": {"nodeName": node, "containers": [{"name": "web"}]},
+                "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+            }))
+            .expect("a pod"),
+        )
+    }
+
+    #[test]
+    fn members_come_from_mirror_pods_named_after_object_and_node() {
+        let pods = vec![
+            pod("nginx-edge-1", "edge-1", "file", true),
+            pod("nginx-edge-2", "edge-2", "file", false),
+            pod("nginx-edge-3", "edge-3", "api", true), // an ordinary pod
+            pod("other-edge-9", "edge-1", "file", true), // named for another node
+        ];
+        let canary = HashSet::from(["edge-2".to_string()]);
+        let members = members_by_object(&pods, &canary);
+        let nginx = &members[&("default".to_string(), "nginx".to_string())];
+        assert_eq!(nginx.len(), 2);
+        assert!(nginx[0].ready && !nginx[0].canary);
+        assert!(!nginx[1].ready && nginx[1].canary);
+        assert_eq!(nginx[0].hash.as_deref(), Some("h1"));
+        assert_eq!(members.len(), 1, "{members:?}");
+    }
+}
