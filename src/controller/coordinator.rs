@@ -104,7 +104,18 @@ pub struct Coordinator {
     observed: HashMap<String, (String, Instant)>,
     /// Halts already reported: (object, hash).
     halts_reported: HashSet<(ObjectKey, String)>,
+    /// Grants this replica created or deleted that its cache does not show so yet (by uid): a
+    /// pass run before the watch catches up must neither grant past the window nor count a
+    /// deleted grant. Forgotten once the cache agrees, or after [`EXPECTATION_TIMEOUT`].
+    created: HashMap<String, (ObjectKey, GrantView, Instant)>,
+    /// When each member was last seen with a mirror pod: one whose pod vanished within a
+    /// lease duration counts as unavailable (kubelet replacing it), not as gone.
+    seen: HashMap<(ObjectKey, String), Instant>,
+    deleted: HashMap<String, (ObjectKey, Instant)>,
 }
+
+/// How long a write this replica made may stay unseen in its cache before it stops assuming it.
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Coordinator {
     pub fn new(
@@ -119,6 +130,9 @@ impl Coordinator {
             events: Recorder::controller(client, identity),
             observed: HashMap::new(),
             halts_reported: HashSet::new(),
+            created: HashMap::new(),
+            seen: HashMap::new(),
+            deleted: HashMap::new(),
         }
     }
 
@@ -161,16 +175,50 @@ impl Coordinator {
     /// Decide and apply one object's window.
     #[tracing::instrument(skip_all, fields(object = %rollout.key, hash = %rollout.hash))]
     pub async fn coordinate(&mut self, rollout: &Rollout<'_>, now: Instant) -> Decision {
-        let views: Vec<GrantView> = rollout
-            .grants
+        let uid = |l: &Lease| l.metadata.uid.clone().unwrap_or_default();
+        let cached: HashSet<String> = rollout.grants.iter().map(|l| uid(l)).collect();
+        let key = rollout.key;
+        // Expectations end when the cache agrees (a created grant shows, a deleted one is
+        // gone), or after a timeout. They are by uid: a grant handed out again has the name
+        // of the one deleted before it.
+        self.created.retain(|created, (of, _, at)| {
+            of != key || (!cached.contains(created) && now.duration_since(*at) < EXPECTATION_TIMEOUT)
+        });
+        self.deleted.retain(|deleted, (of, at)| {
+            of != key || (cached.contains(deleted) && now.duration_since(*at) < EXPECTATION_TIMEOUT)
+        });
+        let mut views: Vec<GrantView> = Vec::new();
+        let mut uids: HashMap<String, String> = HashMap::new();
+        for lease in rollout.grants.iter().filter(|l| !self.deleted.contains_key(&uid(l))) {
+            if let Some(view) = self.view(lease, now) {
+                uids.insert(view.node.clone(), uid(lease));
+                views.push(view);
+            }
+        }
+        views.extend(
+            self.created
+                .values()
+                .filter(|(of, _, _)| of == key)
+                .map(|(_, view, _)| view.clone()),
+        );
+        for m in rollout.members {
+            self.seen.insert((key.clone(), m.node.clone()), now);
+        }
+        let lately = self.lease_duration;
+        self.seen
+            .retain(|_, at| now.duration_since(*at) <= lately);
+        let missing: Vec<String> = self
+            .seen
             .iter()
-            .filter_map(|lease| self.view(lease, now))
+            .filter(|((of, _), at)| of == key && **at < now)
+            .map(|((_, node), _)| node.clone())
             .collect();
         let object = rollout.key.to_string();
         let decision = decide(&Input {
             object: &object,
             hash: rollout.hash,
             members: rollout.members,
+            missing: &missing,
             grants: &views,
             controls: rollout.controls,
             promoted: rollout.promoted,
@@ -178,7 +226,11 @@ impl Coordinator {
         for node in &decision.delete {
             let name = grant::lease_name(rollout.key, node);
             match self.api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(uid) = uids.get(node) {
+                        self.deleted.insert(uid.clone(), (key.clone(), now));
+                    }
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
             }
@@ -186,7 +238,15 @@ impl Coordinator {
         for node in &decision.grant {
             let lease = grant::lease(rollout.key, node, rollout.hash, self.lease_duration);
             match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => tracing::info!(node = %node, "granted"),
+                Ok(created) => {
+                    tracing::info!(node = %node, "granted");
+                    let view = GrantView {
+                        node: node.clone(),
+                        hash: rollout.hash.to_string(),
+                        state: GrantState::Out { expired: false },
+                    };
+                    self.created.insert(uid(&created), (key.clone(), view, now));
+                }
                 // Still there from before (its deletion not seen yet): the next pass sees it.
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     tracing::debug!(node = %node, "grant exists already")
@@ -235,6 +295,7 @@ impl Coordinator {
             },
             None => GrantState::Released,
             Some("succeeded") => GrantState::Succeeded,
+            Some("current") => GrantState::Current,
             Some(r) => match r.strip_prefix("rolled-back: ") {
                 Some(reason) => GrantState::RolledBack {
                     reason: reason.to_string(),

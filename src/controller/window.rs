@@ -44,6 +44,9 @@ pub enum GrantState {
     Succeeded,
     /// The node rolled the hash back and released it (the reason as the node wrote it).
     RolledBack { reason: String },
+    /// The node already ran the hash (a hand-placed manifest equal to the template, whose pod
+    /// carries no hash): nothing was written. Kept as the record while the hash is desired.
+    Current,
     /// Released without an outcome (superseded by a newer template, or an error).
     Released,
 }
@@ -89,6 +92,8 @@ pub struct Input<'a> {
     pub object: &'a str,
     pub hash: &'a str,
     pub members: &'a [Member],
+    /// Members seen lately whose mirror pod is gone now (kubelet replacing it): unavailable.
+    pub missing: &'a [String],
     pub grants: &'a [GrantView],
     pub controls: RolloutControls,
     /// The desired hash was promoted past the canary step.
@@ -100,17 +105,22 @@ pub fn decide(input: &Input) -> Decision {
     let n = input.members.len();
     let budget = input.controls.budget(n);
     let failure_budget = input.controls.failure_budget(n);
-    let members: BTreeMap<&str, &Member> =
-        input.members.iter().map(|m| (m.node.as_str(), m)).collect();
+
     let mut decision = Decision {
         budget,
         failure_budget,
         ..Decision::default()
     };
+    let mut already_current = BTreeSet::new();
     for g in input.grants {
         let current = g.hash == input.hash;
         match &g.state {
-            GrantState::Out { expired: false } if current && members.contains_key(&*g.node) => {
+            GrantState::Current if current => {
+                already_current.insert(g.node.clone());
+            }
+            // A holder counts whether its pod shows or not (kubelet may be replacing it); a
+            // node that is gone lets its grant expire.
+            GrantState::Out { expired: false } if current => {
                 decision.upgrading.insert(g.node.clone());
             }
             // The record of a failure stays while its hash is desired: the failure budget
@@ -121,16 +131,19 @@ pub fn decide(input: &Input) -> Decision {
             _ => decision.delete.push(g.node.clone()),
         }
     }
-    let upgraded = |m: &Member| m.hash.as_deref() == Some(input.hash);
+    let upgraded =
+        |m: &Member| m.hash.as_deref() == Some(input.hash) || already_current.contains(&m.node);
     let outdated: Vec<&Member> = input.members.iter().filter(|m| !upgraded(m)).collect();
-    let unavailable = input.members.iter().filter(|m| !m.ready).count();
-    // Holders whose pod is already down are counted once.
-    let granted_available = decision
-        .upgrading
+    // Unavailable members and holders, each node counted once.
+    let in_window = input
+        .members
         .iter()
-        .filter(|node| members.get(node.as_str()).is_some_and(|m| m.ready))
-        .count();
-    let in_window = unavailable + granted_available;
+        .filter(|m| !m.ready)
+        .map(|m| m.node.as_str())
+        .chain(input.missing.iter().map(String::as_str))
+        .chain(decision.upgrading.iter().map(String::as_str))
+        .collect::<BTreeSet<&str>>()
+        .len();
     let mut candidates: Vec<&Member> = outdated
         .iter()
         .copied()
@@ -255,6 +268,7 @@ mod tests {
             object: "StaticPod default/nginx",
             hash: NEW,
             members,
+            missing: &[],
             grants,
             controls,
             promoted,
@@ -472,9 +486,46 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_of_a_node_no_longer_a_member_is_deleted() {
-        let d = decide_with(&fleet(2), &[out("gone")], controls(1), false);
-        assert_eq!(d.delete, vec!["gone"]);
+    fn a_node_found_already_current_is_not_granted_again() {
+        let mut members = fleet(2);
+        members[0].hash = None; // hand-placed, equal to the template
+        members[1].hash = None;
+        let grants = [grant_state("n00", GrantState::Current)];
+        let d = decide_with(&members, &grants, controls(2), false);
+        assert_eq!(d.grant, vec!["n01"]);
+        assert!(d.delete.is_empty(), "the record is kept: {d:?}");
+        let grants = [
+            grant_state("n00", GrantState::Current),
+            grant_state("n01", GrantState::Current),
+        ];
+        let d = decide_with(&members, &grants, controls(2), false);
+        assert_eq!(d.phase, Phase::Complete);
+    }
+
+    #[test]
+    fn a_holder_whose_pod_is_being_replaced_still_counts_until_its_grant_expires() {
+        // n02's mirror pod is gone for a moment (kubelet replacing it): its grant holds.
+        let d = decide_with(&fleet(2), &[out("n02")], controls(1), false);
+        assert!(d.grant.is_empty(), "{d:?}");
+        assert!(d.delete.is_empty());
+        let gone = grant_state("n02", GrantState::Out { expired: true });
+        let d = decide_with(&fleet(2), &[gone], controls(1), false);
+        assert_eq!(d.delete, vec!["n02"]);
         assert_eq!(d.grant.len(), 1);
+    }
+
+    #[test]
+    fn a_member_whose_pod_just_vanished_is_unavailable() {
+        let members = fleet(3);
+        let d = decide(&Input {
+            object: "StaticPod default/nginx",
+            hash: NEW,
+            members: &members,
+            missing: &["n09".to_string()],
+            grants: &[],
+            controls: controls(2),
+            promoted: false,
+        });
+        assert_eq!(d.grant.len(), 1, "{d:?}");
     }
 }

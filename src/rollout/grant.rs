@@ -6,8 +6,8 @@
 //! Each grant is labelled with its node, so an agent watches only its own grants (a label
 //! selector): a grant write reaches one agent and the controller, never the whole fleet.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -29,8 +29,8 @@ pub const HASH_ANNOTATION: &str = "staticpod-puller.openyurt.io/hash";
 pub const NODE_ANNOTATION: &str = "staticpod-puller.openyurt.io/node";
 /// Annotation: the object as `Kind namespace/name`, for people reading the Lease.
 pub const OBJECT_ANNOTATION: &str = "staticpod-puller.openyurt.io/object";
-/// Annotation: how the node's upgrade ended (`succeeded`, `rolled-back: <reason>`,
-/// `released`), written when it finishes the grant.
+/// Annotation: how the node's upgrade ended (`succeeded`, `rolled-back: <reason>`, `current`:
+/// it ran the hash already, `released`), written when it finishes the grant.
 pub const RESULT_ANNOTATION: &str = "staticpod-puller.openyurt.io/result";
 
 /// Label values are at most 63 characters; longer names are replaced by a digest.
@@ -122,6 +122,8 @@ pub fn lease(key: &ObjectKey, node: &str, hash: &str, duration: Duration) -> Lea
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub lease_name: String,
+    /// The Lease's uid: a grant handed out again (`rollout retry`) is a new Lease.
+    pub uid: String,
     pub hash: String,
     /// The node still holds it: not finished yet.
     pub open: bool,
@@ -141,6 +143,7 @@ impl Grant {
             .is_some_and(|h| !h.is_empty());
         Some(Grant {
             lease_name: lease.metadata.name.clone()?,
+            uid: lease.metadata.uid.clone().unwrap_or_default(),
             hash,
             open: held && result.is_none(),
             result,
@@ -153,6 +156,9 @@ impl Grant {
 pub enum Finish {
     Succeeded,
     RolledBack(String),
+    /// The node already runs the hash (a hand-placed manifest equal to the template): nothing
+    /// was written.
+    Current,
     /// Ended without an outcome for the granted hash (superseded, or an error).
     Released,
 }
@@ -162,6 +168,7 @@ impl Finish {
         match self {
             Finish::Succeeded => "succeeded".into(),
             Finish::RolledBack(reason) => format!("rolled-back: {reason}"),
+            Finish::Current => "current".into(),
             Finish::Released => "released".into(),
         }
     }
@@ -174,6 +181,9 @@ pub struct Grants {
     cache: Store<Lease>,
     namespace: String,
     node: String,
+    /// Grants this node finished (by uid): the watch may still show one open for a moment,
+    /// and it must not be taken for a new grant (a retry of a hash rolled back here).
+    finished: Mutex<HashSet<String>>,
 }
 
 impl Grants {
@@ -184,6 +194,7 @@ impl Grants {
             cache,
             namespace: namespace.to_string(),
             node: node.to_string(),
+            finished: Mutex::new(HashSet::new()),
         }
     }
 
@@ -197,7 +208,16 @@ impl Grants {
         let lease: Arc<Lease> = self
             .cache
             .get(&ObjectRef::new(&lease_name(key, &self.node)).within(&self.namespace))?;
-        Grant::from_lease(&lease)
+        let mut grant = Grant::from_lease(&lease)?;
+        if self
+            .finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&grant.uid)
+        {
+            grant.open = false;
+        }
+        Some(grant)
     }
 
     /// Every open grant of this node (for `status`).
@@ -247,6 +267,20 @@ impl Grants {
     /// Record how the upgrade ended and release the grant, in one request. A grant already
     /// gone needs nothing.
     pub async fn finish(&self, grant: &Grant, how: &Finish) -> Result<(), GrantError> {
+        {
+            let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget grants the controller has deleted since.
+            if finished.len() > 64 {
+                let live: HashSet<String> = self
+                    .cache
+                    .state()
+                    .iter()
+                    .filter_map(|l| l.metadata.uid.clone())
+                    .collect();
+                finished.retain(|uid| live.contains(uid));
+            }
+            finished.insert(grant.uid.clone());
+        }
         let patch = json!({
             "metadata": {"annotations": {RESULT_ANNOTATION: how.annotation()}},
             "spec": {"holderIdentity": null},

@@ -137,7 +137,9 @@ async fn wait_log(env: &Env, node: &str, texts: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetched_bundle_applies_only_offline_and_the_cluster_wins_back_with_an_event() {
-    let env = Env::start(2, Timings::fast()).await;
+    let mut env = Env::start(2, Timings::fast()).await;
+    // Rolling upgrades go ahead on the controller's grants.
+    env.start_controller();
     let nodes = env.nodes();
     let (cut, connected) = (nodes[0].clone(), nodes[1].clone());
     let nginx = |node: &str| env.manifest(node, "nginx");
@@ -316,7 +318,9 @@ struct CutOff {
 
 impl CutOff {
     async fn start() -> CutOff {
-        let env = Env::start(1, Timings::fast()).await;
+        let mut env = Env::start(1, Timings::fast()).await;
+        // Rolling upgrades go ahead on the controller's grants.
+        env.start_controller();
         let node = env.nodes()[0].clone();
         let nginx = env.manifest(&node, "nginx");
         std::fs::write(&nginx, hand_placed("nginx", OLD_IMAGE)).expect("placing nginx.yaml");

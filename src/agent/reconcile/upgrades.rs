@@ -38,9 +38,11 @@ impl Reconciler {
         });
     }
 
-    /// A grant still open for a hash this node already runs (the agent was stopped after the
-    /// upgrade ended but before it finished the grant): finish it once the pod is Ready, so
-    /// the controller's window moves on at once rather than after the grant expires.
+    /// A grant still open for a hash this node already runs: the agent was stopped after the
+    /// upgrade ended but before it finished the grant, or the node's hand-placed manifest is
+    /// the template already (its pod carries no hash, so the controller could not tell).
+    /// Finish it once the pod is Ready, so the window moves on at once rather than after the
+    /// grant expires.
     pub(super) async fn finish_done_grant(&self, d: &DesiredObject, mirror_name: &str) {
         let Some(grant) = self.grant_for(d, &d.hash) else {
             return;
@@ -49,13 +51,15 @@ impl Reconciler {
             .caches
             .pods
             .get(&kube::runtime::reflector::ObjectRef::new(mirror_name).within(&d.key.namespace));
-        let done = pod.is_some_and(|p| {
-            pod_hash(&p) == Some(d.hash.as_str()) && crate::manifest::mirror::pod_ready(&p)
-        });
-        if !done {
+        let Some(pod) = pod.filter(|p| crate::manifest::mirror::pod_ready(p)) else {
             return;
-        }
-        match self.grants.finish(&grant, &Finish::Succeeded).await {
+        };
+        let how = if pod_hash(&pod) == Some(d.hash.as_str()) {
+            Finish::Succeeded
+        } else {
+            Finish::Current
+        };
+        match self.grants.finish(&grant, &how).await {
             Ok(()) => {
                 tracing::info!(object = %d.key, node = %self.node, grant = %grant.lease_name, "grant of an upgrade already done finished")
             }

@@ -203,7 +203,7 @@ async fn an_agent_killed_after_its_write_completes_the_upgrade_when_restarted() 
         },
     )
     .await;
-    env.wait_slots_released("nginx").await;
+    env.wait_grants_finished("nginx").await;
     let history = watch.finish().await;
     assert_only_old_or_new(&history, &new_hash);
     assert!(
@@ -241,6 +241,6 @@ async fn an_agent_killed_after_writing_a_broken_image_rolls_back_when_restarted(
             && took <= Duration::from_secs(4 + 3),
         "the deadline (4s) holds across the restart: rolled back {took:?} after the write"
     );
-    env.wait_slots_released("nginx").await;
+    env.wait_grants_finished("nginx").await;
     assert_only_old_or_new(&history, &new_hash);
 }

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use staticpod_puller::config::HumanDuration;
 use staticpod_puller::manifest::template_hash;
 use staticpod_puller::resources::StaticPod;
-use staticpod_puller::rollout::slots::OBJECT_ANNOTATION;
+use staticpod_puller::desired::{Kind, ObjectKey};
+use staticpod_puller::rollout::grant::{Grant, OBJECT_LABEL, object_label};
 use staticpod_puller::sim::cluster::{DevCluster, DevClusterOptions};
 use staticpod_puller::sim::kubelet::Timings;
 use staticpod_puller::sim::store::Store;
@@ -189,7 +190,11 @@ impl Env {
         }
     }
 
-    pub(super) fn start_controller(&mut self) {
+    /// Start the controller (once: it hands out the grants rolling upgrades wait for).
+    pub(crate) fn start_controller(&mut self) {
+        if self.controller.is_some() {
+            return;
+        }
         let client = self.admin.clone();
         self.controller = Some(tokio::spawn(async move {
             staticpod_puller::controller::run(
@@ -408,55 +413,45 @@ impl Env {
         .await;
     }
 
-    /// The slot Leases of StaticPod `name` (the controller's own Lease is not one).
-    pub(super) async fn slot_leases(&self, name: &str) -> Result<Vec<Lease>, String> {
+    /// The grant Leases of StaticPod `name` (the controller's own Lease is not one).
+    pub(super) async fn grant_leases(&self, name: &str) -> Result<Vec<Lease>, String> {
         let api: Api<Lease> = Api::namespaced(self.admin.clone(), "staticpod-system");
-        let owner = format!("sp {NS}/{name}");
+        let key = ObjectKey {
+            kind: Kind::StaticPod,
+            namespace: NS.to_string(),
+            name: name.to_string(),
+        };
+        let selector = format!("{OBJECT_LABEL}={}", object_label(&key));
         Ok(api
-            .list(&ListParams::default())
+            .list(&ListParams::default().labels(&selector))
             .await
             .map_err(|e| e.to_string())?
-            .items
-            .into_iter()
-            .filter(|l| {
-                l.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(OBJECT_ANNOTATION))
-                    == Some(&owner)
-            })
-            .collect())
+            .items)
     }
 
-    /// Wait until every slot Lease of `name` has no holder (and at least one exists).
-    pub(super) async fn wait_slots_released(&self, name: &str) {
-        self.wait_slots_released_within(name, Duration::from_secs(10))
+    /// Wait until no node holds a grant of `name` (finished grants are deleted by the
+    /// controller; a rolled-back one stays as the record of the failure).
+    pub(super) async fn wait_grants_finished(&self, name: &str) {
+        self.wait_grants_finished_within(name, Duration::from_secs(10))
             .await
     }
 
-    pub(super) async fn wait_slots_released_within(&self, name: &str, timeout: Duration) {
+    pub(super) async fn wait_grants_finished_within(&self, name: &str, timeout: Duration) {
         self.wait(
-            &format!("every slot Lease of {name} released (holderIdentity empty)"),
+            &format!("no grant of {name} held"),
             timeout,
             async || {
-                let leases = self.slot_leases(name).await?;
-                let holders: Vec<(Option<String>, Option<String>)> = leases
+                let held: Vec<String> = self
+                    .grant_leases(name)
+                    .await?
                     .iter()
-                    .map(|l| {
-                        (
-                            l.metadata.name.clone(),
-                            l.spec.as_ref().and_then(|s| s.holder_identity.clone()),
-                        )
-                    })
+                    .filter(|l| Grant::from_lease(l).is_some_and(|g| g.open))
+                    .filter_map(|l| l.metadata.name.clone())
                     .collect();
-                if !holders.is_empty()
-                    && holders
-                        .iter()
-                        .all(|(_, h)| h.as_deref().is_none_or(str::is_empty))
-                {
+                if held.is_empty() {
                     Ok(())
                 } else {
-                    Err(format!("leases and holders {holders:?}"))
+                    Err(format!("grants held: {held:?}"))
                 }
             },
         )

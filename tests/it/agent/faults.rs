@@ -106,6 +106,6 @@ async fn under_api_errors_dropped_watches_and_a_partition_every_node_converges_w
     // After a partition, the cut-off agent's watches reconnect with backoff (up to 30 s, so
     // that a thousand nodes coming back do not reconnect in step): it sees its pod Ready, and
     // releases its slot, within that.
-    env.wait_slots_released_within("nginx", Duration::from_secs(60))
+    env.wait_grants_finished_within("nginx", Duration::from_secs(60))
         .await;
 }

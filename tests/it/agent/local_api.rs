@@ -354,7 +354,7 @@ async fn pods_and_upgrade_wait_talk_to_the_agent_over_a_unix_socket() {
             && row.contains("OTA")
             && row.contains("rolled-back")
             && row.contains("not Ready")
-            && out.contains("slots held: none"),
+            && out.contains("grants held: none"),
         "status after a rollback: {out}{err}"
     );
     let (ok, _, err) = cli(&config, &["upgrade", "no-slash-here"]).await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use staticpod_puller::manifest::parse_manifest;
+use staticpod_puller::rollout::grant::RESULT_ANNOTATION;
 use staticpod_puller::sim::kubelet::Timings;
 
 use super::env::{Env, Settings};
@@ -34,11 +35,12 @@ async fn seed_scenario_adopts_hand_placed_files_without_writing_then_upgrades_ev
     env.start_agents(Settings::patient());
     env.wait_status("nginx", generation, (3, 3, 0), Duration::from_secs(20))
         .await;
-    // The agents have planned with the object; equal content is never written, and no slot is
-    // taken for a node that is already current.
+    // The agents have planned with the object; equal content is never written. A hand-placed
+    // file carries no hash, so the controller cannot tell it is current: it grants, and each
+    // node finishes its grant as `current` without writing.
     env.wait_agents_saw(&old_hash).await;
     env.holds(
-        "the hand-placed files untouched (same inode and mtime) and no slot Lease",
+        "the hand-placed files untouched (same inode and mtime)",
         Duration::from_secs(1),
         async || {
             let now: BTreeMap<String, Option<Stamp>> = env
@@ -49,15 +51,23 @@ async fn seed_scenario_adopts_hand_placed_files_without_writing_then_upgrades_ev
             if now != before {
                 return Err(format!("stamps were {before:?}, now {now:?}"));
             }
-            let leases = env.slot_leases("nginx").await?;
-            if !leases.is_empty() {
-                let names: Vec<_> = leases.iter().map(|l| l.metadata.name.clone()).collect();
-                return Err(format!("slot Leases created: {names:?}"));
-            }
             Ok(())
         },
     )
     .await;
+    env.wait_grants_finished("nginx").await;
+    for lease in env.grant_leases("nginx").await.expect("listing grants") {
+        let result = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESULT_ANNOTATION).cloned());
+        assert_eq!(
+            result.as_deref(),
+            Some("current"),
+            "a node already running the template finishes its grant as current: {lease:?}"
+        );
+    }
 
     let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
     assert_ne!(new_hash, old_hash, "a new image is a new revision");
@@ -85,7 +95,7 @@ async fn seed_scenario_adopts_hand_placed_files_without_writing_then_upgrades_ev
             "{node}: only the manifest in the manifest directory (no temp file, no backup)"
         );
     }
-    env.wait_slots_released("nginx").await;
+    env.wait_grants_finished("nginx").await;
 
     // The controller (in this process) counted its passes, their durations and its writes.
     let metrics =
@@ -143,7 +153,7 @@ async fn rollout_respects_budget(max_unavailable: Value, budget: usize) {
             "{node}: expected the new revision in the manifest"
         );
     }
-    env.wait_slots_released("nginx").await;
+    env.wait_grants_finished("nginx").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +250,7 @@ async fn broken_image_is_rolled_back_within_the_deadline_and_not_retried_until_t
             "{node}: expected the rollback {deadline:?} after the write (the progress deadline); it came after {took:?}"
         );
     }
-    env.wait_slots_released("nginx").await;
+    env.wait_grants_finished("nginx").await;
     env.wait(
         "the restored pods Ready again",
         Duration::from_secs(10),
@@ -351,7 +361,7 @@ async fn a_new_template_supersedes_an_upgrade_waiting_for_ready() {
         rolled_back.is_empty(),
         "a superseded upgrade is not a rollback: {rolled_back:?}"
     );
-    env.wait_slots_released("nginx").await;
+    env.wait_grants_finished("nginx").await;
 }
 
 // --- A NotReady node ----------------------------------------------------------------------
@@ -360,8 +370,10 @@ async fn a_new_template_supersedes_an_upgrade_waiting_for_ready() {
 async fn a_not_ready_node_is_skipped_by_the_others_and_upgraded_when_it_comes_back() {
     let mut env = Env::start(3, Timings::fast()).await;
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    // The NotReady node's pod is unavailable and takes one unit of the window: a budget of 2
+    // leaves one for the others, which upgrade one at a time.
     let (generation, _) = env
-        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .create(static_pod("nginx", "nginx", json!(2), web(OLD_IMAGE)))
         .await;
     env.start_controller();
     // The node stays down longer than the progress deadline: that must not count as a failed

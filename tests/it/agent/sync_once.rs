@@ -13,7 +13,9 @@ use super::{FIXED_IMAGE, NEW_IMAGE, OLD_IMAGE, static_pod, web};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_once_exits_zero_when_converged_and_non_zero_with_the_reason_when_rolled_back() {
-    let env = Env::start(1, Timings::fast()).await;
+    let mut env = Env::start(1, Timings::fast()).await;
+    // Rolling upgrades go ahead on the controller's grants.
+    env.start_controller();
     let node = env.nodes()[0].clone();
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
     let (_, new_hash) = env

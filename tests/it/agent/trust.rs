@@ -26,6 +26,8 @@ fn cli_ok(dir: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_with_a_reason() {
     let mut env = Env::start(1, Timings::fast()).await;
+    // Rolling upgrades go ahead on the controller's grants.
+    env.start_controller();
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
     let node = env.nodes()[0].clone();
     let d = env.dir.path().to_path_buf();
@@ -137,6 +139,8 @@ async fn a_dropped_bundle_is_verified_applied_once_and_bad_ones_are_rejected_wit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_signed_templates_required_only_a_validly_signed_object_is_acted_on() {
     let mut env = Env::start(1, Timings::fast()).await;
+    // Rolling upgrades go ahead on the controller's grants.
+    env.start_controller();
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
     let node = env.nodes()[0].clone();
     let d = env.dir.path().to_path_buf();
