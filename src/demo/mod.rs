@@ -9,6 +9,7 @@
 
 mod agents;
 mod cluster;
+mod log_filter;
 mod ota;
 mod progress;
 mod scenario;

@@ -9,9 +9,11 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use tracing::instrument::WithSubscriber as _;
 
 use super::agents::start_agents;
 use super::cluster::{print_access, start_cluster};
+use super::log_filter::warnings_only;
 use super::ota::play_ota;
 use super::progress::{follow, node_lines, status_row, table_header, wait_until};
 use super::{DemoError, DemoOptions, wait_for_shutdown};
@@ -87,15 +89,19 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     sps.create(&PostParams::default(), &seed).await?;
 
     let controller_client = client.clone();
-    let controller = tokio::spawn(async move {
-        crate::controller::run(
-            controller_client,
-            "staticpod-system",
-            "demo-controller",
-            Duration::from_secs(15),
-        )
-        .await;
-    });
+    // Its info lines would interleave with the progress table: warnings and errors only.
+    let controller = tokio::spawn(
+        async move {
+            crate::controller::run(
+                controller_client,
+                "staticpod-system",
+                "demo-controller",
+                Duration::from_secs(15),
+            )
+            .await;
+        }
+        .with_subscriber(warnings_only()),
+    );
     let agents = start_agents(&cluster, &options)?;
     println!(
         "-- {} agents started (one `staticpod-puller run` process per node), controller started",
