@@ -92,6 +92,12 @@ pub fn main() -> ExitCode {
             }
         }
     };
+    // The demo's controller runs in this process: its info lines would land in the middle of
+    // the progress table. Warnings still show; --log-level asks for more.
+    let mut config = config;
+    if matches!(cli.command, Command::Demo(_)) && cli.log_level.is_none() {
+        config.log.level = "warn".to_string();
+    }
     // A one-shot command reports a failure once, as its own error with context; the client
     // library's log line about the same failure would only come first and confuse.
     let daemon = matches!(cli.command, Command::Run(_) | Command::Controller(_));

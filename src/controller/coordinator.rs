@@ -182,14 +182,19 @@ impl Coordinator {
         // gone), or after a timeout. They are by uid: a grant handed out again has the name
         // of the one deleted before it.
         self.created.retain(|created, (of, _, at)| {
-            of != key || (!cached.contains(created) && now.duration_since(*at) < EXPECTATION_TIMEOUT)
+            of != key
+                || (!cached.contains(created) && now.duration_since(*at) < EXPECTATION_TIMEOUT)
         });
         self.deleted.retain(|deleted, (of, at)| {
             of != key || (cached.contains(deleted) && now.duration_since(*at) < EXPECTATION_TIMEOUT)
         });
         let mut views: Vec<GrantView> = Vec::new();
         let mut uids: HashMap<String, String> = HashMap::new();
-        for lease in rollout.grants.iter().filter(|l| !self.deleted.contains_key(&uid(l))) {
+        for lease in rollout
+            .grants
+            .iter()
+            .filter(|l| !self.deleted.contains_key(&uid(l)))
+        {
             if let Some(view) = self.view(lease, now) {
                 uids.insert(view.node.clone(), uid(lease));
                 views.push(view);
@@ -205,8 +210,7 @@ impl Coordinator {
             self.seen.insert((key.clone(), m.node.clone()), now);
         }
         let lately = self.lease_duration;
-        self.seen
-            .retain(|_, at| now.duration_since(*at) <= lately);
+        self.seen.retain(|_, at| now.duration_since(*at) <= lately);
         let missing: Vec<String> = self
             .seen
             .iter()

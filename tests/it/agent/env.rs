@@ -12,9 +12,9 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use staticpod_puller::config::HumanDuration;
+use staticpod_puller::desired::{Kind, ObjectKey};
 use staticpod_puller::manifest::template_hash;
 use staticpod_puller::resources::StaticPod;
-use staticpod_puller::desired::{Kind, ObjectKey};
 use staticpod_puller::rollout::grant::{Grant, OBJECT_LABEL, object_label};
 use staticpod_puller::sim::cluster::{DevCluster, DevClusterOptions};
 use staticpod_puller::sim::kubelet::Timings;
@@ -437,24 +437,20 @@ impl Env {
     }
 
     pub(super) async fn wait_grants_finished_within(&self, name: &str, timeout: Duration) {
-        self.wait(
-            &format!("no grant of {name} held"),
-            timeout,
-            async || {
-                let held: Vec<String> = self
-                    .grant_leases(name)
-                    .await?
-                    .iter()
-                    .filter(|l| Grant::from_lease(l).is_some_and(|g| g.open))
-                    .filter_map(|l| l.metadata.name.clone())
-                    .collect();
-                if held.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("grants held: {held:?}"))
-                }
-            },
-        )
+        self.wait(&format!("no grant of {name} held"), timeout, async || {
+            let held: Vec<String> = self
+                .grant_leases(name)
+                .await?
+                .iter()
+                .filter(|l| Grant::from_lease(l).is_some_and(|g| g.open))
+                .filter_map(|l| l.metadata.name.clone())
+                .collect();
+            if held.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("grants held: {held:?}"))
+            }
+        })
         .await;
     }
 

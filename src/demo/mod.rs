@@ -1,0 +1,91 @@
+//! `staticpod-puller demo`: the embedded dev cluster for people.
+//!
+//! Without `--serve` it plays the seed scenario of the OpenYurt StaticPod guide: nodes each
+//! holding a hand-placed `nginx.yaml` (nginx:1.19.1), the StaticPod `nginx` created, its
+//! template changed to nginx:1.19.2, and real agents (one `staticpod-puller run` process per
+//! node, each with its own identity and directories) plus the controller rolling it out, while
+//! the demo prints `kubectl get staticpods` as it changes. `--serve` starts the cluster with the
+//! CRDs and RBAC installed and keeps it running for kubectl.
+
+mod agents;
+mod cluster;
+mod ota;
+mod progress;
+mod scenario;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use cluster::bootstrap_objects;
+pub use scenario::play;
+
+use crate::resources;
+use crate::sim::cluster::DevClusterError;
+use cluster::{print_access, start_cluster};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Cluster(#[from] DevClusterError),
+    #[error("preparing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading the shipped cluster manifests: {0}")]
+    Manifests(String),
+    #[error("waiting for a shutdown signal: {0}")]
+    Signal(std::io::Error),
+    #[error("talking to the dev cluster: {0}")]
+    Api(#[from] kube::Error),
+    #[error("starting the agent of {node}: {source}")]
+    Agent {
+        node: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// Options shared by the scenario and `--serve`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub nodes: usize,
+    /// Where kubeconfigs and node directories go; a fresh temporary directory if None.
+    pub dir: Option<PathBuf>,
+    pub listen: SocketAddr,
+    /// How long after its manifest is written an upgraded pod is Ready.
+    pub ready_delay: Duration,
+    /// The seed's `maxUnavailable`.
+    pub max_unavailable: String,
+    /// The new image never becomes Ready: show the rollback.
+    pub bad_image: bool,
+    /// The agents' progress deadline (how long before rollback).
+    pub progress_deadline: Duration,
+    /// Keep the cluster (and agents) running after the scenario, for kubectl.
+    pub keep_running: bool,
+    /// The agents' `log.level`.
+    pub agent_log_level: String,
+    /// The StaticPod's upgrade strategy.
+    pub strategy: resources::Strategy,
+}
+
+/// `demo --serve`: start the dev cluster and keep it running until Ctrl-C or SIGTERM.
+pub async fn serve(options: DemoOptions) -> Result<(), DemoError> {
+    let cluster = start_cluster(&options).await?;
+    print_access(&cluster);
+    println!("Press Ctrl-C to stop.");
+    wait_for_shutdown().await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> Result<(), DemoError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DemoError::Signal)?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(DemoError::Signal),
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,267 @@
+//! The seed scenario: hand-placed pods, the StaticPod created, its image changed, and the
+//! rollout (or, with a broken image, the rollback) shown with its figures.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::agents::start_agents;
+use super::cluster::{print_access, start_cluster};
+use super::ota::play_ota;
+use super::progress::{follow, node_lines, status_row, table_header, wait_until};
+use super::{DemoError, DemoOptions, wait_for_shutdown};
+use crate::resources::{self, StaticPod};
+use crate::sim::cluster::{DevCluster, agent_user};
+
+const OLD_IMAGE: &str = "nginx:1.19.1";
+pub(super) const NEW_IMAGE: &str = "nginx:1.19.2";
+const SEED_MANIFEST: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: nginx
+spec:
+  containers:
+  - name: web
+    image: nginx:1.19.1
+";
+
+/// The seed scenario. Returns normally when the rollout (or, with `bad_image`, the rollback)
+/// was shown.
+pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
+    let n = options.nodes;
+    println!("== staticpod-puller demo: {n} edge nodes, StaticPod nginx {OLD_IMAGE} → {NEW_IMAGE}");
+    let cluster = start_cluster(&options).await?;
+    let client = cluster.admin_client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sps: Api<StaticPod> = Api::namespaced(client.clone(), "default");
+
+    println!("-- each node gets a hand-placed /etc/kubernetes/manifests/nginx.yaml ({OLD_IMAGE})");
+    for node in cluster.nodes() {
+        let path = node.manifest_dir.join("nginx.yaml");
+        std::fs::write(&path, SEED_MANIFEST).map_err(|source| DemoError::Io { path, source })?;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the hand-placed pods to be Ready",
+        || async {
+            Ok(node_lines(&pods)
+                .await?
+                .values()
+                .filter(|l| l.ready)
+                .count()
+                == n)
+        },
+    )
+    .await?;
+
+    println!(
+        "-- kubectl apply: StaticPod nginx (AdvancedRollingUpdate, maxUnavailable: {})",
+        options.max_unavailable
+    );
+    let max_unavailable: Value = options
+        .max_unavailable
+        .parse::<i64>()
+        .map(Value::from)
+        .unwrap_or(json!(options.max_unavailable));
+    let upgrade_strategy = match options.strategy {
+        resources::Strategy::Ota => json!({"type": "OTA"}),
+        resources::Strategy::AdvancedRollingUpdate => {
+            json!({"type": "AdvancedRollingUpdate", "maxUnavailable": max_unavailable})
+        }
+    };
+    let seed: StaticPod = serde_json::from_value(json!({
+        "apiVersion": "apps.openyurt.io/v1alpha1", "kind": "StaticPod",
+        "metadata": {"name": "nginx", "namespace": "default"},
+        "spec": {"staticPodManifest": "nginx",
+                 "upgradeStrategy": upgrade_strategy,
+                 "template": {"metadata": {"name": "nginx"},
+                              "spec": {"containers": [{"name": "web", "image": OLD_IMAGE}]}}},
+    }))
+    .map_err(|e| DemoError::Manifests(e.to_string()))?;
+    sps.create(&PostParams::default(), &seed).await?;
+
+    let controller_client = client.clone();
+    // Its info lines would interleave with the progress table: warnings and errors only.
+    let controller = tokio::spawn(async move {
+        crate::controller::run(
+            controller_client,
+            "staticpod-system",
+            "demo-controller",
+            Duration::from_secs(15),
+        )
+        .await;
+    });
+    let agents = start_agents(&cluster, &options)?;
+    println!(
+        "-- {} agents started (one `staticpod-puller run` process per node), controller started",
+        agents.children.len()
+    );
+    table_header();
+    follow(&sps, &pods, Duration::from_secs(60), |sp, _| {
+        let (total, ready, _) = status_row(sp);
+        total as usize == n && ready as usize == n
+    })
+    .await?;
+    println!(
+        "   (hand-placed files equal to the template are left untouched: not rewritten, no slot taken)"
+    );
+    // Every agent has run a pass with the object (its desired-state cache holds the hash), so
+    // the figures below time the rollout, not the agents' start-up.
+    let seed_hash = crate::manifest::template_hash(&seed.spec.template);
+    let caches: Vec<PathBuf> = cluster
+        .nodes()
+        .iter()
+        .map(|node| node.state_dir.join("desired.json"))
+        .collect();
+    wait_until(
+        Duration::from_secs(120),
+        "every agent to have seen StaticPod nginx",
+        || async {
+            Ok(caches
+                .iter()
+                .all(|c| std::fs::read_to_string(c).is_ok_and(|text| text.contains(&seed_hash))))
+        },
+    )
+    .await?;
+
+    if options.bad_image {
+        cluster.set_broken_image(NEW_IMAGE, true);
+        println!("-- {NEW_IMAGE} is broken on every node: it never becomes Ready");
+    }
+    println!("-- kubectl patch staticpod nginx: image {OLD_IMAGE} → {NEW_IMAGE}");
+    let requests_before = agent_requests(&cluster);
+    let changed_at = Instant::now();
+    let changed_wall = std::time::SystemTime::now();
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": NEW_IMAGE}]}}}});
+    let updated = sps
+        .patch("nginx", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let generation = updated.metadata.generation.unwrap_or_default();
+    let new_hash = crate::manifest::template_hash(&updated.spec.template);
+    table_header();
+
+    if options.strategy == resources::Strategy::Ota {
+        play_ota(&options, &cluster, &sps, &pods, &new_hash).await?;
+    } else if options.bad_image {
+        let events: Api<Event> = Api::namespaced(client.clone(), "default");
+        let deadline = options.progress_deadline + Duration::from_secs(60);
+        let rollback_due = options.progress_deadline;
+        follow(&sps, &pods, deadline, |_, nodes| {
+            changed_at.elapsed() > rollback_due
+                && nodes.values().all(|l| l.image == OLD_IMAGE && l.ready)
+        })
+        .await?;
+        wait_until(
+            Duration::from_secs(30),
+            "a RolledBack event from every node",
+            || async {
+                let list = events.list(&ListParams::default()).await?;
+                Ok(list
+                    .items
+                    .iter()
+                    .filter(|e| e.reason.as_deref() == Some("RolledBack"))
+                    .count()
+                    >= n)
+            },
+        )
+        .await?;
+        let list = events.list(&ListParams::default()).await?;
+        for e in list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("RolledBack"))
+        {
+            println!(
+                "   Warning RolledBack: {}",
+                e.message.as_deref().unwrap_or_default()
+            );
+        }
+        println!(
+            "== every node rolled back to {OLD_IMAGE}; {new_hash} will not be retried until the template changes"
+        );
+    } else {
+        follow(&sps, &pods, Duration::from_secs(600), |sp, _| {
+            let (total, ready, upgraded) = status_row(sp);
+            let current =
+                sp.status.as_ref().and_then(|s| s.observed_generation) == Some(generation);
+            current && total as usize == n && ready as usize == n && upgraded as usize == n
+        })
+        .await?;
+        let took = changed_at.elapsed();
+        let budget = resources::MaxUnavailable::parse(
+            seed.spec
+                .upgrade_strategy
+                .as_ref()
+                .and_then(|s| s.max_unavailable.as_ref()),
+        )
+        .map(|m| m.resolve(n))
+        .unwrap_or(1);
+        let waves = n.div_ceil(budget);
+        let ideal = options.ready_delay * waves as u32;
+        println!("== rollout complete: {n}/{n}/{n} on {NEW_IMAGE} (hash {new_hash})");
+        println!(
+            "   took {:.2}s; ideal ceil({n}/{budget}) × ready-delay = {waves} × {:?} = {:.2}s",
+            took.as_secs_f64(),
+            options.ready_delay,
+            ideal.as_secs_f64()
+        );
+        let mut first_writes = manifest_write_delays(&cluster, changed_wall);
+        first_writes.sort();
+        if let (Some(first), Some(p50)) = (
+            first_writes.first(),
+            first_writes.get(first_writes.len().min(budget) / 2),
+        ) {
+            println!(
+                "   template change → first manifest written: {} ms (p50 of the first wave: {} ms)",
+                first.as_millis(),
+                p50.as_millis()
+            );
+        }
+        let requests = agent_requests(&cluster).saturating_sub(requests_before);
+        println!(
+            "   API requests by agents during the rollout: {requests} ({:.1} per node)",
+            requests as f64 / n as f64
+        );
+    }
+
+    if options.keep_running {
+        print_access(&cluster);
+        println!("The cluster and agents keep running. Press Ctrl-C to stop.");
+        wait_for_shutdown().await?;
+    }
+    drop(agents);
+    controller.abort();
+    cluster.shutdown().await;
+    Ok(())
+}
+
+fn agent_requests(cluster: &DevCluster) -> u64 {
+    let by_user = cluster.api().requests_by_user();
+    cluster
+        .nodes()
+        .iter()
+        .map(|n| by_user.get(&agent_user(&n.name)).copied().unwrap_or(0))
+        .sum()
+}
+
+/// For each node, how long after the template change its manifest was written.
+fn manifest_write_delays(cluster: &DevCluster, since: std::time::SystemTime) -> Vec<Duration> {
+    cluster
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            std::fs::metadata(n.manifest_dir.join("nginx.yaml"))
+                .ok()?
+                .modified()
+                .ok()?
+                .duration_since(since)
+                .ok()
+        })
+        .collect()
+}

@@ -1,0 +1,64 @@
+//! What a kubelet remembers between ticks: the pods it runs, the replacements and removals in
+//! progress, and the manifest files it has already parsed.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::manifest::ParsedManifest;
+
+/// One static pod as this kubelet runs it.
+#[derive(Debug, Clone)]
+pub(super) struct LocalPod {
+    pub(super) namespace: String,
+    /// The mirror pod's name, `<pod name>-<node name>`.
+    pub(super) mirror_name: String,
+    pub(super) config_hash: String,
+    pub(super) manifest: Value,
+    /// When the mirror pod should exist.
+    pub(super) appear_at: Instant,
+    /// When the containers are up (Ready unless the image is broken).
+    pub(super) ready_at: Instant,
+    /// Killed (being replaced or removed): never Ready again.
+    pub(super) killed: bool,
+    /// The mirror pod was seen missing (deleted through the API): recreate at this time.
+    pub(super) recreate_at: Option<Instant>,
+    /// The status last written and the mirror pod's resourceVersion after that write: while
+    /// both are unchanged there is nothing to write.
+    pub(super) reported: Option<(String, Value)>,
+}
+
+/// What happens to a running pod whose file changed or went away.
+#[derive(Debug, Clone)]
+pub(super) struct Transition {
+    pub(super) kill_at: Instant,
+    /// Replace with this version (None: remove).
+    pub(super) next: Option<(String, Value)>,
+    pub(super) done_at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    pub(super) inode: u64,
+    pub(super) len: u64,
+    pub(super) modified: Option<std::time::SystemTime>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    /// Keyed by (namespace, pod name in the manifest).
+    pub(super) pods: BTreeMap<(String, String), LocalPod>,
+    pub(super) transitions: BTreeMap<(String, String), Transition>,
+    /// Parsed files by name, re-read only when their stamp changes.
+    pub(super) files: BTreeMap<String, (FileStamp, Option<ParsedManifest>)>,
+    /// When to look next for mirror pods with no local pod (a list over all pods: too costly
+    /// for every tick of hundreds of kubelets).
+    pub(super) next_sweep: Option<Instant>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // State is only replaced whole-field at a time; a panic mid-tick leaves it usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,253 @@
+//! The dev cluster's object store: every object as JSON, one cluster-wide resourceVersion,
+//! and a bounded change history that watches resume from.
+//!
+//! The semantics are the API server's where the agent depends on them: 409 Conflict on a
+//! stale resourceVersion, 409 AlreadyExists, `metadata.generation` bumped by spec changes
+//! only, the status subresource changing only status, no-op writes not bumping the
+//! resourceVersion, and 410 Gone for a watch older than the history kept.
+
+mod crd;
+mod fields;
+mod generated;
+mod watch;
+mod write;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+pub use fields::meta_str;
+pub use generated::now_rfc3339;
+pub(super) use generated::random_bytes;
+pub use watch::{WatchFrom, WatchStart};
+
+use super::error::ApiError;
+use super::resource::{ResourceKey, ResourceType};
+use super::selector::Selectors;
+
+/// How many changes the store keeps for watches to resume from.
+pub const DEFAULT_HISTORY: usize = 20_000;
+
+/// One change to one object, as watches see it.
+#[derive(Debug)]
+pub struct Change {
+    pub rv: u64,
+    pub resource: ResourceKey,
+    pub kind: ChangeKind,
+    /// The object before the change (absent for additions).
+    pub old: Option<Arc<Value>>,
+    /// The object after the change (for deletions: the last state, with the deletion's rv).
+    pub new: Arc<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    Main,
+    Status,
+}
+
+struct Inner {
+    rv: u64,
+    types: BTreeMap<ResourceKey, ResourceType>,
+    objects: BTreeMap<ResourceKey, BTreeMap<(String, String), Arc<Value>>>,
+    history: VecDeque<Arc<Change>>,
+    /// The highest resourceVersion no longer in `history`.
+    compacted: u64,
+    history_limit: usize,
+}
+
+/// The in-memory object store. Cheap to share: `Arc<Store>`.
+pub struct Store {
+    inner: Mutex<Inner>,
+    feed: broadcast::Sender<Arc<Change>>,
+}
+
+impl Store {
+    /// A store with the built-in resource types and the standard namespaces.
+    pub fn new(history_limit: usize) -> Arc<Store> {
+        let (feed, _) = broadcast::channel(16_384);
+        let store = Arc::new(Store {
+            inner: Mutex::new(Inner {
+                rv: 1,
+                types: BTreeMap::new(),
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                compacted: 1,
+                history_limit: history_limit.max(1),
+            }),
+            feed,
+        });
+        for rt in super::resource::builtin_types() {
+            store.register(rt);
+        }
+        let ns = ResourceKey::core("namespaces");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let created = store.create(
+                &ns,
+                None,
+                json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]},
+                       "status": {"phase": "Active"}}),
+            );
+            debug_assert!(
+                created.is_ok(),
+                "a fresh store accepts the standard namespaces"
+            );
+        }
+        store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent map (every mutation is a single
+        // insert/remove at the end of a write), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serve a resource type (built-ins at start, custom resources when their CRD is created).
+    pub fn register(&self, rt: ResourceType) {
+        let mut inner = self.lock();
+        let key = rt.key();
+        inner.objects.entry(key.clone()).or_default();
+        inner.types.insert(key, rt);
+    }
+
+    /// Stop serving a resource type and drop its objects (its CRD was deleted).
+    pub fn unregister(&self, key: &ResourceKey) {
+        let mut inner = self.lock();
+        inner.types.remove(key);
+        inner.objects.remove(key);
+    }
+
+    pub fn resource_types(&self) -> Vec<ResourceType> {
+        self.lock().types.values().cloned().collect()
+    }
+
+    /// The served type with this group and plural (any version the type serves).
+    pub fn resource_type(&self, key: &ResourceKey) -> Option<ResourceType> {
+        self.lock().types.get(key).cloned()
+    }
+
+    /// The type serving `group/version` kind `kind`, if any.
+    pub fn resource_for_kind(
+        &self,
+        group: &str,
+        version: &str,
+        kind: &str,
+    ) -> Option<ResourceType> {
+        self.lock()
+            .types
+            .values()
+            .find(|t| t.group == group && t.version == version && t.kind == kind)
+            .cloned()
+    }
+
+    pub fn current_rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    pub fn get(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
+        let inner = self.lock();
+        let rt = inner.served(key)?;
+        let ns = rt.scope(ns)?;
+        inner.objects[key]
+            .get(&(ns, name.to_string()))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt, name))
+    }
+
+    /// Objects of a type, in one namespace or all, filtered; with the store's resourceVersion.
+    pub fn list(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        selectors: &Selectors,
+    ) -> Result<(Vec<Arc<Value>>, u64), ApiError> {
+        let inner = self.lock();
+        let rt = inner.served(key)?;
+        let ns = if rt.namespaced { ns } else { None };
+        let items = inner.objects[key]
+            .iter()
+            .filter(|((obj_ns, _), _)| ns.is_none_or(|n| n == obj_ns))
+            .filter(|(_, obj)| selectors.matches(obj))
+            .map(|(_, obj)| obj.clone())
+            .collect();
+        Ok((items, inner.rv))
+    }
+}
+
+impl Inner {
+    fn served(&self, key: &ResourceKey) -> Result<&ResourceType, ApiError> {
+        self.types
+            .get(key)
+            .ok_or_else(|| ApiError::not_found_path(&key.to_string()))
+    }
+
+    fn namespace_exists(&self, ns: &str) -> bool {
+        self.objects
+            .get(&ResourceKey::core("namespaces"))
+            .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        feed: &broadcast::Sender<Arc<Change>>,
+        rv: u64,
+        key: &ResourceKey,
+        id: (String, String),
+        kind: ChangeKind,
+        old: Option<Arc<Value>>,
+        new: Arc<Value>,
+    ) {
+        self.rv = rv;
+        let objects = self.objects.entry(key.clone()).or_default();
+        match kind {
+            ChangeKind::Deleted => objects.remove(&id),
+            _ => objects.insert(id, new.clone()),
+        };
+        let change = Arc::new(Change {
+            rv,
+            resource: key.clone(),
+            kind,
+            old,
+            new,
+        });
+        self.history.push_back(change.clone());
+        while self.history.len() > self.history_limit {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted = dropped.rv;
+            }
+        }
+        // No receivers is normal (no watches open).
+        let _ = feed.send(change);
+    }
+}
+
+impl ResourceType {
+    /// The namespace an object of this type lives in: required for namespaced types,
+    /// ignored (empty) for cluster-scoped ones.
+    fn scope(&self, ns: Option<&str>) -> Result<String, ApiError> {
+        match (self.namespaced, ns) {
+            (true, Some(ns)) if !ns.is_empty() => Ok(ns.to_string()),
+            (true, _) => Err(ApiError::bad_request(&format!(
+                "{} is namespaced: a namespace is required",
+                self.plural
+            ))),
+            (false, _) => Ok(String::new()),
+        }
+    }
+}
