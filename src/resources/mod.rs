@@ -693,6 +693,56 @@ conditions:
     }
 
     #[test]
+    fn rollout_controls_parse_with_defaults_an_openyurt_object_never_notices() {
+        let openyurt: UpgradeStrategy =
+            serde_json::from_value(serde_json::json!({"type": "auto", "maxUnavailable": 2}))
+                .unwrap();
+        let c = RolloutControls::parse(Some(&openyurt)).unwrap();
+        assert_eq!(
+            (
+                c.budget(10),
+                c.failure_budget(10),
+                c.canary_size(10),
+                c.paused
+            ),
+            (2, 2, 0, false),
+            "maxFailed defaults to the resolved maxUnavailable; no canary, not paused"
+        );
+        let ours: UpgradeStrategy = serde_json::from_value(serde_json::json!({
+            "maxUnavailable": "10%", "maxFailed": "20%", "canary": 3, "paused": true
+        }))
+        .unwrap();
+        let c = RolloutControls::parse(Some(&ours)).unwrap();
+        assert_eq!(
+            (
+                c.budget(25),
+                c.failure_budget(25),
+                c.canary_size(25),
+                c.paused
+            ),
+            (3, 5, 3, true)
+        );
+        assert_eq!(RolloutControls::parse(None).unwrap().budget(100), 10);
+        let zero_canary: UpgradeStrategy =
+            serde_json::from_value(serde_json::json!({"canary": "0%", "maxFailed": 0})).unwrap();
+        let c = RolloutControls::parse(Some(&zero_canary)).unwrap();
+        assert_eq!(
+            (c.canary_size(10), c.failure_budget(10)),
+            (0, 1),
+            "0 means none / 1"
+        );
+        for (field, value) in [
+            ("maxFailed", serde_json::json!(-1)),
+            ("canary", serde_json::json!("x%")),
+        ] {
+            let bad: UpgradeStrategy =
+                serde_json::from_value(serde_json::json!({ field: value })).unwrap();
+            let err = RolloutControls::parse(Some(&bad)).unwrap_err();
+            assert_eq!(err.field, format!("spec.upgradeStrategy.{field}"), "{err}");
+        }
+    }
+
+    #[test]
     fn crd_schema_is_structural_where_it_matters() {
         let crd = serde_json::to_value(StaticPod::crd()).expect("serializes");
         let version = &crd["spec"]["versions"][0];
@@ -702,12 +752,14 @@ conditions:
             spec["template"]["x-kubernetes-preserve-unknown-fields"],
             true
         );
-        let max = &spec["upgradeStrategy"]["properties"]["maxUnavailable"];
-        assert_eq!(max["x-kubernetes-int-or-string"], true);
-        assert!(
-            max.get("anyOf").is_none() && max.get("type").is_none(),
-            "{max}"
-        );
+        for field in ["maxUnavailable", "maxFailed", "canary"] {
+            let value = &spec["upgradeStrategy"]["properties"][field];
+            assert_eq!(value["x-kubernetes-int-or-string"], true, "{field}");
+            assert!(
+                value.get("anyOf").is_none() && value.get("type").is_none(),
+                "{field}: {value}"
+            );
+        }
         assert_eq!(version["subresources"]["status"], serde_json::json!({}));
         let columns: Vec<&str> = version["additionalPrinterColumns"]
             .as_array()
@@ -715,9 +767,17 @@ conditions:
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
+        // OpenYurt's columns, then the rollout's (shown only with -o wide: priority 1).
         assert_eq!(
             columns,
-            ["Age", "TotalNumber", "ReadyNumber", "UpgradedNumber"]
+            [
+                "Age",
+                "TotalNumber",
+                "ReadyNumber",
+                "UpgradedNumber",
+                "Failed",
+                "Phase"
+            ]
         );
         let yss = serde_json::to_value(YurtStaticSet::crd()).expect("serializes");
         let columns: Vec<&str> = yss["spec"]["versions"][0]["additionalPrinterColumns"]
@@ -726,7 +786,10 @@ conditions:
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        assert_eq!(columns, ["Total", "Ready", "Upgraded", "Age"]);
+        assert_eq!(
+            columns,
+            ["Total", "Ready", "Upgraded", "Age", "Failed", "Phase"]
+        );
         assert_eq!(
             yss["spec"]["names"]["shortNames"],
             serde_json::json!(["yss"])

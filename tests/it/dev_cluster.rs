@@ -682,11 +682,23 @@ async fn table_output_and_discovery_for_the_crds() {
         "TotalNumber",
         "ReadyNumber",
         "UpgradedNumber",
+        "Failed",
+        "Phase",
     ];
     assert_eq!(columns, want, "StaticPod table columns");
+    // OpenYurt's columns by default; the rollout's only with `-o wide` (priority 1).
+    let priorities: Vec<i64> = table["columnDefinitions"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| c["priority"].as_i64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(priorities, [0, 0, 0, 0, 0, 1, 1], "column priorities");
     let cells = table["rows"][0]["cells"].as_array().cloned();
     let cells = cells.unwrap_or_default();
-    assert_eq!((cells.len(), &cells[0]), (5, &json!("nginx")), "the row");
+    assert_eq!((cells.len(), &cells[0]), (7, &json!("nginx")), "the row");
 
     let path = "/apis/apps.openyurt.io/v1alpha1";
     let discovery = raw_get(&env.admin, path, None).await;

@@ -188,6 +188,20 @@ fn kubectl_works_against_the_dev_cluster() {
         row(&table, "nginx").is_some(),
         "short name sp works:\n{table}"
     );
+    let table = k.ok(&["get", "sp", "-o", "wide"]);
+    assert_eq!(
+        header(&table),
+        [
+            "NAME",
+            "AGE",
+            "TOTALNUMBER",
+            "READYNUMBER",
+            "UPGRADEDNUMBER",
+            "FAILED",
+            "PHASE"
+        ],
+        "-o wide adds the rollout's columns:\n{table}"
+    );
     let table = k.ok(&["get", "yss"]);
     assert_eq!(
         header(&table),
