@@ -1,4 +1,5 @@
-//! `staticpod-puller controller`: status aggregation, one active replica (leader election).
+//! `staticpod-puller controller`: rollout coordination and status, one active replica (leader
+//! election).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -9,6 +9,7 @@ mod demo;
 mod docs;
 mod join;
 mod local;
+mod rollout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,8 +43,11 @@ enum Command {
     Run(agent::RunArgs),
     /// One reconcile pass, then exit: 0 when this node matches the desired state.
     Sync(agent::SyncArgs),
-    /// Cloud side: aggregate StaticPod / YurtStaticSet status (leader-elected).
+    /// Cloud side: coordinate rollouts (grants) and write StaticPod / YurtStaticSet status
+    /// (leader-elected).
     Controller(controller::Args),
+    /// Operators' view and control of a rollout: status, pause, resume, promote, retry.
+    Rollout(rollout::Args),
     /// Print the StaticPod and YurtStaticSet CRDs (one multi-document YAML).
     Crd(crd::Args),
     /// Print the effective configuration (file plus flags), after validating it.
@@ -56,7 +60,7 @@ enum Command {
     Pods(local::PodsArgs),
     /// Start an OTA upgrade of one static pod through the local agent's API.
     Upgrade(local::UpgradeArgs),
-    /// What the local agent believes: objects, local and desired hashes, phases, slots held,
+    /// What the local agent believes: objects, local and desired hashes, phases, grants held,
     /// whether the API server answers.
     Status(local::StatusArgs),
     /// Bootstrap this node (run after `yurtadm join`): write the configuration, check the
@@ -109,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => agent::run(args, config),
         Command::Sync(args) => agent::sync(args, config),
         Command::Controller(args) => controller::run(args, config),
+        Command::Rollout(args) => rollout::run(args, config),
         Command::Crd(args) => crd::run(args),
         Command::Config(args) => config::run(args, config),
         Command::Demo(args) => demo::run(args),

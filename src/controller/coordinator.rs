@@ -195,7 +195,7 @@ impl Coordinator {
             .iter()
             .filter(|l| !self.deleted.contains_key(&uid(l)))
         {
-            if let Some(view) = self.view(lease, now) {
+            if let Some(view) = grant_view(lease, self.expired(lease, now)) {
                 uids.insert(view.node.clone(), uid(lease));
                 views.push(view);
             }
@@ -283,36 +283,34 @@ impl Coordinator {
         }
         decision
     }
+}
 
-    /// A grant Lease as the window sees it.
-    fn view(&self, lease: &Lease, now: Instant) -> Option<GrantView> {
-        let g = Grant::from_lease(lease)?;
-        let node = lease
-            .metadata
-            .annotations
-            .as_ref()?
-            .get(NODE_ANNOTATION)?
-            .clone();
-        let state = match g.result.as_deref() {
-            None if g.open => GrantState::Out {
-                expired: self.expired(lease, now),
+/// A grant Lease as the window sees it; `expired` is the observer's to judge.
+pub fn grant_view(lease: &Lease, expired: bool) -> Option<GrantView> {
+    let g = Grant::from_lease(lease)?;
+    let node = lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(NODE_ANNOTATION)?
+        .clone();
+    let state = match g.result.as_deref() {
+        None if g.open => GrantState::Out { expired },
+        None => GrantState::Released,
+        Some("succeeded") => GrantState::Succeeded,
+        Some("current") => GrantState::Current,
+        Some(r) => match r.strip_prefix("rolled-back: ") {
+            Some(reason) => GrantState::RolledBack {
+                reason: reason.to_string(),
             },
             None => GrantState::Released,
-            Some("succeeded") => GrantState::Succeeded,
-            Some("current") => GrantState::Current,
-            Some(r) => match r.strip_prefix("rolled-back: ") {
-                Some(reason) => GrantState::RolledBack {
-                    reason: reason.to_string(),
-                },
-                None => GrantState::Released,
-            },
-        };
-        Some(GrantView {
-            node,
-            hash: g.hash,
-            state,
-        })
-    }
+        },
+    };
+    Some(GrantView {
+        node,
+        hash: g.hash,
+        state,
+    })
 }
 
 fn duration_of(lease: &Lease, default: Duration) -> Duration {

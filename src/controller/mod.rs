@@ -10,6 +10,7 @@
 
 pub mod coordinator;
 mod leader;
+pub mod operate;
 pub mod status;
 pub mod window;
 

@@ -12,6 +12,7 @@ mod demo;
 mod drift;
 mod env;
 mod faults;
+mod fleet;
 mod hostile;
 mod local_api;
 mod ota;

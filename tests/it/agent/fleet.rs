@@ -1,0 +1,317 @@
+//! The controller's rollout controls, end to end with agents as processes: the failure budget
+//! halts a broken template, `rollout retry` grants the failed again, pause holds new grants,
+//! a canary step waits for promotion, and `rollout status` says where it stands.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+use staticpod_puller::manifest::hash_of_manifest;
+use staticpod_puller::sim::kubelet::Timings;
+
+use super::env::{Env, Outcome, Settings, run_to_end};
+use super::watch::{DirWatch, mirror};
+use super::{FIXED_IMAGE, NEW_IMAGE, OLD_IMAGE, static_pod, web};
+use crate::support;
+
+/// A StaticPod with rollout controls beside maxUnavailable.
+fn controlled(max_unavailable: Value, controls: Value, image: &str) -> Value {
+    let mut object = static_pod("nginx", "nginx", max_unavailable, web(image));
+    if let (Some(strategy), Some(extra)) = (
+        object["spec"]["upgradeStrategy"].as_object_mut(),
+        controls.as_object(),
+    ) {
+        strategy.extend(extra.clone());
+    }
+    object
+}
+
+impl Env {
+    /// Run `staticpod-puller rollout ARGS` as an operator (the admin kubeconfig).
+    async fn rollout(&self, args: &[&str]) -> Outcome {
+        let mut cmd = tokio::process::Command::new(support::binary());
+        cmd.arg("rollout")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.cluster.admin_kubeconfig())
+            .args(["--agent-namespace", "staticpod-system"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        run_to_end(cmd, Duration::from_secs(60)).await
+    }
+
+    /// The object's status phase and the message of one of its conditions.
+    async fn phase_and(&self, condition: &str) -> Result<(String, String), String> {
+        let sp = self
+            .static_pods()
+            .get("nginx")
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = sp.status.ok_or("no status yet")?;
+        let message = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == condition && c.status == "True")
+            .and_then(|c| c.message)
+            .ok_or(format!("condition {condition} not True"))?;
+        Ok((status.phase.unwrap_or_default(), message))
+    }
+
+    /// Nodes whose manifest ever carried `hash`, from a directory watch.
+    fn writers(history: &[super::watch::Version], hash: &str) -> BTreeSet<String> {
+        history
+            .iter()
+            .filter(|v| v.bytes.as_deref().and_then(hash_of_manifest).as_deref() == Some(hash))
+            .filter_map(|v| {
+                v.file
+                    .parent()?
+                    .parent()?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_template_halts_after_the_failure_budget_and_retry_and_a_fix_go_on() {
+    let (nodes, budget, max_failed) = (6, 2, 2);
+    let deadline = Duration::from_secs(2);
+    let mut env = Env::start(nodes, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(controlled(
+        json!(budget),
+        json!({"maxFailed": max_failed}),
+        OLD_IMAGE,
+    ))
+    .await;
+    env.start_controller();
+    env.start_agents(Settings::deadline(deadline));
+    let dirs = env.nodes().iter().map(|n| env.manifest_dir(n)).collect();
+    let watch = DirWatch::start(dirs, "nginx.yaml");
+
+    env.cluster.set_broken_image(NEW_IMAGE, true);
+    let (_, bad_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    let (phase, message) = env
+        .wait(
+            "the rollout Halted",
+            Duration::from_secs(30),
+            async || match env.phase_and("Halted").await? {
+                (p, m) if p == "Halted" => Ok((p, m)),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .await;
+    // Grants already out finish; then nothing more goes out for the bad hash.
+    env.holds(
+        "no further node writes the bad hash",
+        deadline + Duration::from_secs(2),
+        async || {
+            let writers = Env::writers(&watch.history(), &bad_hash);
+            if writers.len() < max_failed + budget {
+                Ok(())
+            } else {
+                Err(format!("{writers:?}"))
+            }
+        },
+    )
+    .await;
+    let writers = Env::writers(&watch.history(), &bad_hash);
+    assert!(
+        (max_failed..=max_failed + budget - 1).contains(&writers.len()),
+        "between maxFailed ({max_failed}) and maxFailed + maxUnavailable - 1 nodes write a failing hash; saw {writers:?}"
+    );
+    let failed: Vec<&String> = writers
+        .iter()
+        .filter(|n| message.contains(n.as_str()))
+        .collect();
+    assert!(
+        failed.len() >= max_failed && message.contains("not Ready"),
+        "{phase}: the Halted condition names the failed nodes and why: {message}"
+    );
+    let halted = env.wait_event("RolloutHalted", &bad_hash).await;
+    assert!(halted.contains("maxFailed"), "{halted}");
+    let status = env.rollout(&["status", "sp/nginx"]).await;
+    assert_eq!(
+        status.status.code(),
+        Some(2),
+        "exit 2 when halted: {}{}",
+        status.stdout,
+        status.stderr
+    );
+    assert!(
+        status.stdout.contains("Halted")
+            && status.stdout.contains("failed: ")
+            && status.stdout.contains("rollout retry"),
+        "{}",
+        status.stdout
+    );
+
+    // Retry: the failed members are granted the same hash again (and fail again: still broken).
+    let before = env.events("UpgradeStarted").await.expect("events").len();
+    let retried = env.rollout(&["retry", "sp/default/nginx"]).await;
+    assert!(
+        retried.status.success(),
+        "{}{}",
+        retried.stdout,
+        retried.stderr
+    );
+    assert!(
+        retried.stdout.contains("granted again"),
+        "{}",
+        retried.stdout
+    );
+    env.wait(
+        "the failed members upgrading again",
+        Duration::from_secs(20),
+        async || {
+            let now = env.events("UpgradeStarted").await?.len();
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!("{now} UpgradeStarted events"))
+            }
+        },
+    )
+    .await;
+
+    // A fixed template starts afresh and reaches every node.
+    env.cluster.set_broken_image(NEW_IMAGE, false);
+    let (generation, _) = env.set_image("nginx", FIXED_IMAGE).await;
+    env.wait_status("nginx", generation, (6, 6, 6), Duration::from_secs(60))
+        .await;
+    let done = env
+        .rollout(&["status", "sp/nginx", "--watch", "--timeout", "30s"])
+        .await;
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}{}",
+        done.stdout,
+        done.stderr
+    );
+    assert!(done.stdout.contains("Complete"), "{}", done.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_step_waits_for_promotion_and_pause_holds_new_grants() {
+    let mut env = Env::start(5, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let canary_node = env.nodes()[4].clone();
+    let nodes: Api<Node> = Api::all(env.admin.clone());
+    nodes
+        .patch(
+            &canary_node,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"staticpod-puller.openyurt.io/canary": "true"}}}),
+            ),
+        )
+        .await
+        .expect("labelling the canary node");
+    env.create(controlled(json!(1), json!({"canary": 2}), OLD_IMAGE))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+
+    let (_, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    let upgraded = |env: &Env| -> Vec<String> {
+        env.nodes()
+            .into_iter()
+            .filter(|n| {
+                mirror(env.store(), "nginx", n)
+                    .is_some_and(|m| m.ready && m.hash.as_deref() == Some(new_hash.as_str()))
+            })
+            .collect()
+    };
+    env.wait(
+        "AwaitingPromotion after the canary step",
+        Duration::from_secs(30),
+        async || match env.phase_and("AwaitingPromotion").await {
+            Ok((p, _)) if p == "AwaitingPromotion" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let canaries = upgraded(&env);
+    assert_eq!(
+        canaries.len(),
+        2,
+        "exactly the canary step upgraded: {canaries:?}"
+    );
+    assert!(
+        canaries.contains(&canary_node),
+        "the labelled node goes first: {canaries:?}"
+    );
+    let status = env.rollout(&["status", "sp/nginx"]).await;
+    assert_eq!(
+        status.status.code(),
+        Some(3),
+        "{}{}",
+        status.stdout,
+        status.stderr
+    );
+    assert!(
+        status.stdout.contains("rollout promote"),
+        "{}",
+        status.stdout
+    );
+
+    // Paused, then promoted: still nothing new starts.
+    assert!(env.rollout(&["pause", "sp/nginx"]).await.status.success());
+    let promoted = env.rollout(&["promote", "sp/nginx"]).await;
+    assert!(
+        promoted.stdout.contains(&new_hash),
+        "{}{}",
+        promoted.stdout,
+        promoted.stderr
+    );
+    env.wait("Paused", Duration::from_secs(10), async || {
+        match env.phase_and("Paused").await {
+            Ok((p, _)) if p == "Paused" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    env.holds(
+        "no new upgrade while paused",
+        Duration::from_secs(2),
+        async || {
+            let now = upgraded(&env);
+            if now.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        env.rollout(&["status", "sp/nginx"]).await.status.code(),
+        Some(4),
+        "exit 4 while paused"
+    );
+
+    assert!(env.rollout(&["resume", "sp/nginx"]).await.status.success());
+    let done = env
+        .rollout(&["status", "sp/nginx", "--watch", "--timeout", "60s"])
+        .await;
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}{}",
+        done.stdout,
+        done.stderr
+    );
+    assert!(
+        done.stdout.lines().count() >= 2,
+        "plain progress lines when not on a terminal: {}",
+        done.stdout
+    );
+    assert_eq!(upgraded(&env).len(), 5);
+}
