@@ -6,6 +6,15 @@ use std::process::ExitCode;
 
 use staticpod_puller::config::HumanDuration;
 
+/// How the demo runs its agents.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Agents {
+    /// One `staticpod-puller run` process per node, as users run it.
+    Processes,
+    /// Tasks of the demo's process, each with its own client, identity and directories.
+    Tasks,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Only start the dev cluster and keep it running for kubectl (prints the kubeconfig path).
@@ -41,6 +50,13 @@ pub struct Args {
     /// through its local API).
     #[arg(long, default_value = "AdvancedRollingUpdate", value_name = "STRATEGY")]
     strategy: String,
+    /// Run the agents as processes (what users run) or as tasks of this process (own client,
+    /// identity and directories each: fleets of thousands fit on one machine).
+    #[arg(long, value_enum, default_value = "processes")]
+    agents: Agents,
+    /// After the rollout, measure the agents' API cost while idle for this long (0s: skip).
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    idle_window: HumanDuration,
     /// Log level of the agent processes (their logs go to `DIR/nodes/NODE/agent.log`).
     #[arg(long, default_value = "warn", value_name = "FILTER")]
     agent_log_level: String,
@@ -82,6 +98,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         progress_deadline: args.progress_deadline.0,
         keep_running: args.keep_running,
         agent_log_level: args.agent_log_level,
+        agents: match args.agents {
+            Agents::Processes => demo::AgentMode::Processes,
+            Agents::Tasks => demo::AgentMode::Tasks,
+        },
+        idle_window: args.idle_window.0,
         strategy,
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -38,8 +38,9 @@ use coordinator::{CANARY_LABEL, Coordinator, PROMOTED_ANNOTATION, Rollout};
 use leader::{SlotOwner, Slots};
 use window::{Decision, Member};
 
-/// Changes arriving within this window are handled in one pass.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Changes arriving within this window are handled in one pass. Short: a grant handed over
+/// waits for it.
+const DEBOUNCE: Duration = Duration::from_millis(10);
 /// At most one status write per object per this long: every write reaches every agent
 /// watching the kind.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);

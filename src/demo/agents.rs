@@ -1,14 +1,30 @@
 //! The agents: one `staticpod-puller run` process per node, each with its own configuration,
-//! identity and directories, logging to its node's directory.
+//! identity and directories, logging to its node's directory; or, with `--agents tasks`, the
+//! same agents as tasks of the demo's process.
 
 use std::path::PathBuf;
 
-use super::{DemoError, DemoOptions};
+use super::{AgentMode, DemoError, DemoOptions};
 use crate::sim::cluster::{DevCluster, SimNode};
 
-/// One agent process per node, killed when dropped.
+/// The running agents, stopped when dropped.
 pub(super) struct Agents {
     pub(super) children: Vec<tokio::process::Child>,
+    pub(super) tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agents {
+    pub(super) fn len(&self) -> usize {
+        self.children.len() + self.tasks.len()
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 fn write_agent_config(node: &SimNode, options: &DemoOptions) -> Result<PathBuf, DemoError> {
@@ -33,10 +49,13 @@ fn write_agent_config(node: &SimNode, options: &DemoOptions) -> Result<PathBuf, 
     Ok(path)
 }
 
-pub(super) fn start_agents(
+pub(super) async fn start_agents(
     cluster: &DevCluster,
     options: &DemoOptions,
 ) -> Result<Agents, DemoError> {
+    if options.agents == AgentMode::Tasks {
+        return start_agent_tasks(cluster, options).await;
+    }
     let exe = std::env::current_exe().map_err(|source| DemoError::Io {
         path: "current executable".into(),
         source,
@@ -67,5 +86,37 @@ pub(super) fn start_agents(
             })?;
         children.push(child);
     }
-    Ok(Agents { children })
+    Ok(Agents {
+        children,
+        tasks: Vec::new(),
+    })
+}
+
+/// The agents as tasks: the library's `Agent` with each node's configuration, without the
+/// local API and metrics listeners (thousands of ports would mean nothing here).
+async fn start_agent_tasks(
+    cluster: &DevCluster,
+    options: &DemoOptions,
+) -> Result<Agents, DemoError> {
+    let mut tasks = Vec::new();
+    for node in cluster.nodes() {
+        let path = write_agent_config(node, options)?;
+        let mut config = crate::config::Config::load(&path, true)
+            .map_err(|e| DemoError::Manifests(e.to_string()))?;
+        config.local_api.listen = String::new();
+        config.metrics.listen = String::new();
+        let agent = crate::agent::Agent::start(config)
+            .await
+            .map_err(|e| DemoError::Manifests(format!("agent of {}: {e}", node.name)))?;
+        let name = node.name.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = agent.run().await {
+                tracing::error!(node = %name, error = %e, "agent task ended");
+            }
+        }));
+    }
+    Ok(Agents {
+        children: Vec::new(),
+        tasks,
+    })
 }

@@ -69,6 +69,20 @@ pub struct DemoOptions {
     pub agent_log_level: String,
     /// The StaticPod's upgrade strategy.
     pub strategy: resources::Strategy,
+    /// Agents as processes (what users run) or as tasks in this process (fleets of thousands).
+    pub agents: AgentMode,
+    /// How long to measure the agents' API cost while idle after the rollout (0: not).
+    pub idle_window: Duration,
+}
+
+/// How the demo runs its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// One `staticpod-puller run` process per node, as users run it.
+    Processes,
+    /// Every agent a task in the demo's process, each with its own client, identity and
+    /// directories (no local API or metrics listener): fleets of thousands on one machine.
+    Tasks,
 }
 
 /// `demo --serve`: start the dev cluster and keep it running until Ctrl-C or SIGTERM.

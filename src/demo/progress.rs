@@ -69,6 +69,9 @@ pub(super) fn status_row(sp: &StaticPod) -> (i32, i32, i32) {
 }
 
 /// Print the table and node lines whenever they change, until `done` says so or `timeout`.
+/// Fleets larger than this show the status row only.
+const MAX_NODE_LINES: usize = 24;
+
 pub(super) async fn follow(
     sps: &Api<StaticPod>,
     pods: &Api<Pod>,
@@ -99,7 +102,8 @@ pub(super) async fn follow(
             );
             last_row = Some(row);
         }
-        for (node, line) in &nodes {
+        // Per-node lines only for a fleet that fits on a screen.
+        for (node, line) in nodes.iter().filter(|_| nodes.len() <= MAX_NODE_LINES) {
             if last_nodes.get(node) != Some(line) {
                 let need = line
                     .need_upgrade

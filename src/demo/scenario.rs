@@ -1,6 +1,7 @@
 //! The seed scenario: hand-placed pods, the StaticPod created, its image changed, and the
 //! rollout (or, with a broken image, the rollback) shown with its figures.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,8 +15,9 @@ use super::agents::start_agents;
 use super::cluster::{print_access, start_cluster};
 use super::ota::play_ota;
 use super::progress::{follow, node_lines, status_row, table_header, wait_until};
-use super::{DemoError, DemoOptions, wait_for_shutdown};
+use super::{AgentMode, DemoError, DemoOptions, wait_for_shutdown};
 use crate::resources::{self, StaticPod};
+use crate::sim::apiserver::UsageCounts;
 use crate::sim::cluster::{DevCluster, agent_user};
 
 const OLD_IMAGE: &str = "nginx:1.19.1";
@@ -97,10 +99,14 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         )
         .await;
     });
-    let agents = start_agents(&cluster, &options)?;
+    let agents = start_agents(&cluster, &options).await?;
     println!(
-        "-- {} agents started (one `staticpod-puller run` process per node), controller started",
-        agents.children.len()
+        "-- {} agents started ({}), controller started",
+        agents.len(),
+        match options.agents {
+            AgentMode::Processes => "one `staticpod-puller run` process per node",
+            AgentMode::Tasks => "as tasks of this process, each with its own client and identity",
+        }
     );
     table_header();
     follow(&sps, &pods, Duration::from_secs(60), |sp, _| {
@@ -108,9 +114,7 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         total as usize == n && ready as usize == n
     })
     .await?;
-    println!(
-        "   (hand-placed files equal to the template are left untouched: not rewritten, no slot taken)"
-    );
+    println!("   (hand-placed files equal to the template are left untouched: not rewritten)");
     // Every agent has run a pass with the object (its desired-state cache holds the hash), so
     // the figures below time the rollout, not the agents' start-up.
     let seed_hash = crate::manifest::template_hash(&seed.spec.template);
@@ -135,7 +139,7 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         println!("-- {NEW_IMAGE} is broken on every node: it never becomes Ready");
     }
     println!("-- kubectl patch staticpod nginx: image {OLD_IMAGE} → {NEW_IMAGE}");
-    let requests_before = agent_requests(&cluster);
+    let usage_before = cluster.api().usage();
     let changed_at = Instant::now();
     let changed_wall = std::time::SystemTime::now();
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": NEW_IMAGE}]}}}});
@@ -150,50 +154,58 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         play_ota(&options, &cluster, &sps, &pods, &new_hash).await?;
     } else if options.bad_image {
         let events: Api<Event> = Api::namespaced(client.clone(), "default");
-        let deadline = options.progress_deadline + Duration::from_secs(60);
-        let rollback_due = options.progress_deadline;
-        follow(&sps, &pods, deadline, |_, nodes| {
-            changed_at.elapsed() > rollback_due
-                && nodes.values().all(|l| l.image == OLD_IMAGE && l.ready)
+        let deadline = options.progress_deadline * 4 + Duration::from_secs(60);
+        follow(&sps, &pods, deadline, |sp, nodes| {
+            let halted = sp.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Halted");
+            halted && nodes.values().all(|l| l.image == OLD_IMAGE && l.ready)
         })
         .await?;
-        wait_until(
-            Duration::from_secs(30),
-            "a RolledBack event from every node",
-            || async {
-                let list = events.list(&ListParams::default()).await?;
-                Ok(list
-                    .items
-                    .iter()
-                    .filter(|e| e.reason.as_deref() == Some("RolledBack"))
-                    .count()
-                    >= n)
-            },
-        )
-        .await?;
         let list = events.list(&ListParams::default()).await?;
-        for e in list
+        let rolled_back: Vec<&Event> = list
             .items
             .iter()
             .filter(|e| e.reason.as_deref() == Some("RolledBack"))
-        {
+            .collect();
+        for e in &rolled_back {
             println!(
                 "   Warning RolledBack: {}",
                 e.message.as_deref().unwrap_or_default()
             );
         }
+        for e in list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("RolloutHalted"))
+        {
+            println!(
+                "   Warning RolloutHalted: {}",
+                e.message.as_deref().unwrap_or_default()
+            );
+        }
+        let wrote = manifest_write_delays(&cluster, changed_wall).len();
         println!(
-            "== every node rolled back to {OLD_IMAGE}; {new_hash} will not be retried until the template changes"
+            "== rollout halted: {} of {n} nodes rolled {new_hash} back and are on {OLD_IMAGE} again; {} never wrote it (staticpod-puller rollout status sp/default/nginx)",
+            rolled_back.len(),
+            n.saturating_sub(wrote)
         );
     } else {
-        follow(&sps, &pods, Duration::from_secs(600), |sp, _| {
+        // The rollout ends when every pod runs the new hash and is Ready (the status, written
+        // at most once a second, says so a little later).
+        let mut converged_at = None;
+        follow(&sps, &pods, Duration::from_secs(1800), |sp, nodes| {
+            if converged_at.is_none()
+                && nodes.len() == n
+                && nodes.values().all(|l| l.ready && l.hash == new_hash)
+            {
+                converged_at = Some(Instant::now());
+            }
             let (total, ready, upgraded) = status_row(sp);
             let current =
                 sp.status.as_ref().and_then(|s| s.observed_generation) == Some(generation);
             current && total as usize == n && ready as usize == n && upgraded as usize == n
         })
         .await?;
-        let took = changed_at.elapsed();
+        let took = converged_at.unwrap_or_else(Instant::now) - changed_at;
         let budget = resources::MaxUnavailable::parse(
             seed.spec
                 .upgrade_strategy
@@ -223,11 +235,13 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
                 p50.as_millis()
             );
         }
-        let requests = agent_requests(&cluster).saturating_sub(requests_before);
-        println!(
-            "   API requests by agents during the rollout: {requests} ({:.1} per node)",
-            requests as f64 / n as f64
-        );
+        print_cost(&cluster, &usage_before, "during the rollout", None);
+        let idle = options.idle_window;
+        if !idle.is_zero() {
+            let before = cluster.api().usage();
+            tokio::time::sleep(idle).await;
+            print_cost(&cluster, &before, "per node per idle minute", Some(idle));
+        }
     }
 
     if options.keep_running {
@@ -241,13 +255,52 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn agent_requests(cluster: &DevCluster) -> u64 {
-    let by_user = cluster.api().requests_by_user();
-    cluster
+/// What the agents cost the API server since `before`: requests, watch events, and of those
+/// the object's status (StaticPod writes). `per_minute_of`: scale to a minute of this window.
+fn print_cost(
+    cluster: &DevCluster,
+    before: &UsageCounts,
+    when: &str,
+    per_minute_of: Option<Duration>,
+) {
+    let now = cluster.api().usage();
+    let agents: HashSet<String> = cluster
         .nodes()
         .iter()
-        .map(|n| by_user.get(&agent_user(&n.name)).copied().unwrap_or(0))
-        .sum()
+        .map(|n| agent_user(&n.name))
+        .collect();
+    let is_agent = |u: &str| agents.contains(u);
+    let n = cluster.nodes().len().max(1) as f64;
+    let requests = now.requests_by(is_agent) - before.requests_by(is_agent);
+    let events = |what: &dyn Fn(&str) -> bool| {
+        now.watch_events_to(is_agent, what) - before.watch_events_to(is_agent, what)
+    };
+    let all = events(&|_| true);
+    let status = events(&|r| r == "staticpods" || r == "yurtstaticsets");
+    let nodes = events(&|r| r == "nodes");
+    match per_minute_of {
+        None => {
+            println!(
+                "   API requests by agents {when}: {requests} ({:.1} per node)",
+                requests as f64 / n
+            );
+            println!(
+                "   watch events delivered to agents: {all} ({:.1} per node), of which the object's status: {status} ({:.1} per node)",
+                all as f64 / n,
+                status as f64 / n
+            );
+        }
+        Some(window) => {
+            let scale = 60.0 / window.as_secs_f64().max(0.001) / n;
+            println!(
+                "   idle, {:.0}s measured: {:.2} requests and {:.2} watch events {when} ({:.2} of them the agent's own Node)",
+                window.as_secs_f64(),
+                requests as f64 * scale,
+                all as f64 * scale,
+                nodes as f64 * scale
+            );
+        }
+    }
 }
 
 /// For each node, how long after the template change its manifest was written.

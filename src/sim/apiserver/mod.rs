@@ -25,6 +25,7 @@ mod resources;
 mod route;
 mod table;
 mod tls;
+mod usage;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -47,6 +48,7 @@ use tracing::{Instrument as _, debug, warn};
 
 pub use faults::{Faults, FaultsRequest, FaultsSnapshot, Verb};
 pub use tls::TlsError;
+pub use usage::UsageCounts;
 
 use crate::sim::error::ApiError;
 use crate::sim::store::Store;
@@ -112,6 +114,7 @@ struct Shared {
     tokens: RwLock<HashMap<String, Identity>>,
     faults: Arc<Faults>,
     requests: Mutex<HashMap<String, u64>>,
+    usage: usage::Usage,
     addr: SocketAddr,
 }
 
@@ -169,6 +172,7 @@ impl ApiServer {
             tokens: RwLock::new(options.tokens),
             faults: Arc::new(Faults::new()),
             requests: Mutex::new(HashMap::new()),
+            usage: usage::Usage::default(),
             addr,
         });
         let (stop, stopped) = signal::channel(false);
@@ -229,6 +233,12 @@ impl ApiServer {
             token = q(token),
             context = q(&context),
         )
+    }
+
+    /// Requests by user, verb and resource, and watch events delivered by user and resource,
+    /// since start.
+    pub fn usage(&self) -> UsageCounts {
+        self.shared.usage.counts()
     }
 
     /// API requests served per authenticated user since start.
@@ -377,6 +387,13 @@ async fn serve_request(
         tokio::time::sleep(latency).await;
     }
     let route = route::parse(&path);
+    if let (Route::Resource(resource_path), Some(id)) = (&route, &identity) {
+        shared.usage.request(
+            &id.user,
+            usage::verb(&method, resource_path, req.uri().query()),
+            usage::resource(resource_path),
+        );
+    }
     let response = match (route, identity) {
         (Route::Public(public), _) => public_response(public),
         (_, None) => error_response(&ApiError::unauthorized()),

@@ -212,7 +212,13 @@ impl Stream {
                 )
             }
         };
-        self.tx.send(chunk).await.is_ok()
+        let sent = self.tx.send(chunk).await.is_ok();
+        if sent {
+            self.shared
+                .usage
+                .watch_event(&self.req.user, &self.req.rt.plural);
+        }
+        sent
     }
 
     async fn send_bookmark(&mut self, initial_events_end: bool) -> bool {

@@ -35,10 +35,20 @@ fn demo_strategy_ota_upgrades_only_the_node_asked_through_its_local_api() {
 #[test]
 fn demo_plays_the_seed_scenario_and_the_rollback() {
     for (args, expected) in [
-        (&["demo"][..], "== rollout complete: 3/3/3 on nginx:1.19.2"),
         (
-            &["demo", "--bad-image", "--progress-deadline", "2s"][..],
-            "== every node rolled back to nginx:1.19.1",
+            &["demo", "--idle-window", "2s"][..],
+            "== rollout complete: 3/3/3 on nginx:1.19.2",
+        ),
+        (
+            &[
+                "demo",
+                "--bad-image",
+                "--progress-deadline",
+                "2s",
+                "--idle-window",
+                "0s",
+            ][..],
+            "== rollout halted: 3 of 3 nodes rolled",
         ),
     ] {
         let dir = tempfile::tempdir().expect("a temporary directory");
