@@ -99,7 +99,12 @@ async fn start_agent_tasks(
     options: &DemoOptions,
 ) -> Result<Agents, DemoError> {
     let mut tasks = Vec::new();
-    for node in cluster.nodes() {
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        // Each agent opens five watches: thousands connecting in the same instant overflow the
+        // API server's accept queue. A fleet does not boot in one millisecond either.
+        if i % 10 == 9 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let path = write_agent_config(node, options)?;
         let mut config = crate::config::Config::load(&path, true)
             .map_err(|e| DemoError::Manifests(e.to_string()))?;

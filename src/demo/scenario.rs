@@ -109,7 +109,9 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         }
     );
     table_header();
-    follow(&sps, &pods, Duration::from_secs(60), |sp, _| {
+    // Agents and the controller list and watch before the first status: longer for a fleet.
+    let start_up = Duration::from_secs(60) + Duration::from_millis(60) * n as u32;
+    follow(&sps, &pods, start_up, |sp, _| {
         let (total, ready, _) = status_row(sp);
         total as usize == n && ready as usize == n
     })

@@ -91,6 +91,15 @@ impl ManifestStore {
         lock.set_len(0)
             .map_err(io("writing lock file", &lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io("writing lock file", &lock_path))?;
+        // With the lock held no other writer can be mid-write here: a temp file of ours is
+        // what a killed agent left behind, and would stay in kubelet's directory for good.
+        remove_stale_temp_files(manifest_dir, |file| file.ends_with(".yaml"));
+        remove_stale_temp_files(state_dir, |_| true);
+        if let Ok(revisions) = std::fs::read_dir(state_dir.join(REVISIONS_DIR)) {
+            for manifest in revisions.flatten() {
+                remove_stale_temp_files(&manifest.path(), |_| true);
+            }
+        }
         Ok(ManifestStore {
             manifest_dir: manifest_dir.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
@@ -255,6 +264,38 @@ fn atomic_write(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError>
     write_atomic_mode(dir, path, bytes, None)
 }
 
+/// The file a temp file of [`write_atomic_mode`] was for (`.<file>.<pid>.tmp` → `<file>`).
+fn temp_file_target(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (file, pid) = rest.rsplit_once('.')?;
+    (!file.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(file)
+}
+
+/// Remove temp files of ours in `dir` (their naming pattern only, for files `wanted` says
+/// are ours).
+fn remove_stale_temp_files(dir: &Path, wanted: impl Fn(&str) -> bool + Copy) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_file() && temp_file_target(&name).is_some_and(wanted) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed a temp file a stopped agent left")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "removing a stale temp file")
+                }
+            }
+        }
+    }
+}
+
 /// Replace `path` with `bytes` so that readers see the old file or the new one, never a part;
 /// the new file gets permission bits `mode` (from its creation on, so a secret is never
 /// readable by others, even briefly).
@@ -307,6 +348,35 @@ fn write_atomic_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_files_a_killed_agent_left_are_removed_on_open_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (manifests, state) = (dir.path().join("m"), dir.path().join("s"));
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        let stale = [
+            manifests.join(".nginx.yaml.4242.tmp"),
+            state.join(".journal-nginx.json.4242.tmp"),
+        ];
+        let kept = [
+            manifests.join("nginx.yaml"),
+            manifests.join(".nginx.yaml.swp"),
+            manifests.join(".other.tmp"),
+            manifests.join(".notes.txt.17.tmp"), // not a manifest of ours
+            manifests.join(".nginx.yaml.12ab.tmp"),
+        ];
+        for f in stale.iter().chain(&kept) {
+            std::fs::write(f, "x").unwrap();
+        }
+        let _store = ManifestStore::open(&manifests, &state).unwrap();
+        for f in &stale {
+            assert!(!f.exists(), "{} should be gone", f.display());
+        }
+        for f in &kept {
+            assert!(f.exists(), "{} must stay", f.display());
+        }
+    }
 
     fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let root = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ enum LabelRequirement {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selectors {
     labels: Vec<LabelRequirement>,
-    /// (field path, value, equal?)
+    /// (JSON pointer of the field path, value, equal?)
     fields: Vec<(String, String, bool)>,
 }
 
@@ -41,8 +41,9 @@ impl Selectors {
                         "invalid field selector {req:?}: expected field=value"
                     ));
                 };
-                sel.fields
-                    .push((path.trim().to_string(), value.trim().to_string(), equal));
+                // Made into a JSON pointer once: a watch matches every change against it.
+                let pointer = format!("/{}", path.trim().replace('.', "/"));
+                sel.fields.push((pointer, value.trim().to_string(), equal));
             }
         }
         Ok(sel)
@@ -60,14 +61,13 @@ impl Selectors {
             LabelRequirement::NotExists(k) => label(k).is_none(),
         });
         labels_ok
-            && self.fields.iter().all(|(path, want, equal)| {
-                let pointer = format!("/{}", path.replace('.', "/"));
-                let have = match obj.pointer(&pointer) {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Null) | None => String::new(),
-                    Some(other) => other.to_string(),
+            && self.fields.iter().all(|(pointer, want, equal)| {
+                let matched = match obj.pointer(pointer) {
+                    Some(Value::String(s)) => s == want,
+                    Some(Value::Null) | None => want.is_empty(),
+                    Some(other) => other.to_string() == *want,
                 };
-                (have == *want) == *equal
+                matched == *equal
             })
     }
 }

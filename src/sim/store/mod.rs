@@ -64,18 +64,23 @@ struct Inner {
     /// The highest resourceVersion no longer in `history`.
     compacted: u64,
     history_limit: usize,
+    /// One live feed per resource type, made when first watched: a change reaches only the
+    /// watches of its type (as the API server's per-resource watch caches do), so thousands of
+    /// watches of other types cost nothing.
+    feeds: BTreeMap<ResourceKey, broadcast::Sender<Arc<Change>>>,
 }
+
+/// Changes a feed holds for a slow watch before it lags.
+const FEED_CAPACITY: usize = 16_384;
 
 /// The in-memory object store. Cheap to share: `Arc<Store>`.
 pub struct Store {
     inner: Mutex<Inner>,
-    feed: broadcast::Sender<Arc<Change>>,
 }
 
 impl Store {
     /// A store with the built-in resource types and the standard namespaces.
     pub fn new(history_limit: usize) -> Arc<Store> {
-        let (feed, _) = broadcast::channel(16_384);
         let store = Arc::new(Store {
             inner: Mutex::new(Inner {
                 rv: 1,
@@ -84,8 +89,8 @@ impl Store {
                 history: VecDeque::new(),
                 compacted: 1,
                 history_limit: history_limit.max(1),
+                feeds: BTreeMap::new(),
             }),
-            feed,
         });
         for rt in super::resource::builtin_types() {
             store.register(rt);
@@ -205,7 +210,6 @@ impl Inner {
     #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
-        feed: &broadcast::Sender<Arc<Change>>,
         rv: u64,
         key: &ResourceKey,
         id: (String, String),
@@ -232,8 +236,10 @@ impl Inner {
                 self.compacted = dropped.rv;
             }
         }
-        // No receivers is normal (no watches open).
-        let _ = feed.send(change);
+        // No feed or no receivers is normal (no watches open).
+        if let Some(feed) = self.feeds.get(key) {
+            let _ = feed.send(change);
+        }
     }
 }
 

@@ -33,9 +33,13 @@ impl Store {
     /// Start a watch on a type: the history to replay (or the current objects), then the feed.
     /// The caller filters by namespace and selectors with [`Change::event_for`].
     pub fn watch(&self, key: &ResourceKey, from: WatchFrom) -> Result<WatchStart, ApiError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         inner.served(key)?;
-        let live = self.feed.subscribe();
+        let live = inner
+            .feeds
+            .entry(key.clone())
+            .or_insert_with(|| broadcast::channel(super::FEED_CAPACITY).0)
+            .subscribe();
         let replay = match from {
             WatchFrom::Current => inner.objects[key]
                 .values()

@@ -70,15 +70,7 @@ impl Store {
             reset_status_on_create(&rt, &mut obj);
         }
         let obj = Arc::new(obj);
-        inner.commit(
-            &self.feed,
-            rv,
-            key,
-            (ns, name),
-            ChangeKind::Added,
-            None,
-            obj.clone(),
-        );
+        inner.commit(rv, key, (ns, name), ChangeKind::Added, None, obj.clone());
         drop(inner);
         if rt.is_crd() {
             self.crd_written(&obj)?;
@@ -226,7 +218,6 @@ impl Store {
         metadata_mut(&mut merged)?.insert("resourceVersion".into(), json!(rv.to_string()));
         let obj = Arc::new(merged);
         inner.commit(
-            &self.feed,
             rv,
             key,
             id,
@@ -271,7 +262,6 @@ impl Store {
         metadata_mut(&mut last)?.insert("resourceVersion".into(), json!(rv.to_string()));
         let last = Arc::new(last);
         inner.commit(
-            &self.feed,
             rv,
             key,
             id,

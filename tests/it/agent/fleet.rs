@@ -14,7 +14,7 @@ use staticpod_puller::manifest::hash_of_manifest;
 use staticpod_puller::sim::kubelet::Timings;
 
 use super::env::{Env, Outcome, Settings, run_to_end};
-use super::watch::{DirWatch, mirror};
+use super::watch::{BudgetWatch, DirWatch, mirror};
 use super::{FIXED_IMAGE, NEW_IMAGE, OLD_IMAGE, static_pod, web};
 use crate::support;
 
@@ -314,4 +314,152 @@ async fn a_canary_step_waits_for_promotion_and_pause_holds_new_grants() {
         done.stdout
     );
     assert_eq!(upgraded(&env).len(), 5);
+}
+
+/// `staticpod-puller controller` as a process (what a Deployment replica runs).
+fn controller_process(env: &Env, identity: &str) -> tokio::process::Child {
+    tokio::process::Command::new(support::binary())
+        .args(["--log-level", "warn", "controller", "--kubeconfig"])
+        .arg(env.cluster.admin_kubeconfig())
+        .args([
+            "--identity",
+            identity,
+            "--lease-namespace",
+            "staticpod-system",
+            "--lease-duration",
+            "2s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting a controller process")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_holds_and_no_grant_is_lost_across_a_controller_failover() {
+    let timings = Timings {
+        ready: Duration::from_millis(700),
+        ..Timings::fast()
+    };
+    let mut env = Env::start(8, timings).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, _) = env
+        .create(static_pod("nginx", "nginx", json!(2), web(OLD_IMAGE)))
+        .await;
+    let mut replicas = vec![
+        ("controller-a", controller_process(&env, "controller-a")),
+        ("controller-b", controller_process(&env, "controller-b")),
+    ];
+    env.start_agents(Settings::patient());
+    env.wait_status("nginx", generation, (8, 8, 0), Duration::from_secs(30))
+        .await;
+
+    let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    let budget = BudgetWatch::start(&env, "nginx", &new_hash);
+    env.wait(
+        "the first two nodes upgraded",
+        Duration::from_secs(30),
+        async || {
+            let done = env
+                .nodes()
+                .iter()
+                .filter(|n| {
+                    mirror(env.store(), "nginx", n)
+                        .is_some_and(|m| m.ready && m.hash.as_deref() == Some(new_hash.as_str()))
+                })
+                .count();
+            if done >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{done} upgraded"))
+            }
+        },
+    )
+    .await;
+    // Kill the leader (SIGKILL) mid-rollout; the other replica takes over once its Lease
+    // expires, from the grants it finds.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.admin.clone(), "staticpod-system");
+    let leader = leases
+        .get("controller.staticpod-system.status.0")
+        .await
+        .expect("the leader Lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a leader");
+    let at = replicas
+        .iter()
+        .position(|(id, _)| *id == leader)
+        .unwrap_or_else(|| panic!("the leader {leader:?} is one of the replicas"));
+    let (_, mut killed) = replicas.remove(at);
+    killed.kill().await.expect("SIGKILL to the leader");
+    env.wait_status("nginx", generation, (8, 8, 8), Duration::from_secs(60))
+        .await;
+    budget.assert_within(2).await;
+    env.wait_grants_finished("nginx").await;
+    let survivor = leases
+        .get("controller.staticpod-system.status.0")
+        .await
+        .expect("the leader Lease")
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_eq!(
+        survivor.as_deref(),
+        Some(replicas[0].0),
+        "the other replica leads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_holding_a_grant_that_never_returns_lets_the_rollout_finish() {
+    let mut env = Env::start(4, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, _) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    env.wait_status("nginx", generation, (4, 4, 0), Duration::from_secs(30))
+        .await;
+    // The first node to get a grant is killed for good right after its grant arrives.
+    let (_, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    let holder = env
+        .wait(
+            "a node holding the first grant",
+            Duration::from_secs(20),
+            async || {
+                let leases = env.grant_leases("nginx").await?;
+                leases
+                    .iter()
+                    .find_map(|l| l.spec.as_ref()?.holder_identity.clone())
+                    .ok_or("no grant yet".to_string())
+            },
+        )
+        .await;
+    let mut gone = env.agents.remove(&holder).expect("the holder's agent");
+    gone.kill9();
+    // Its grant expires (3 s, the controller's clock); its pod decides the rest: if the
+    // write happened, the pod restarts on the new hash and counts as upgraded or unavailable.
+    env.wait(
+        "the other nodes upgraded",
+        Duration::from_secs(40),
+        async || {
+            let behind: Vec<String> = env
+                .nodes()
+                .into_iter()
+                .filter(|n| *n != holder)
+                .filter(|n| {
+                    !mirror(env.store(), "nginx", n)
+                        .is_some_and(|m| m.ready && m.hash.as_deref() == Some(new_hash.as_str()))
+                })
+                .collect();
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("behind: {behind:?}"))
+            }
+        },
+    )
+    .await;
 }
