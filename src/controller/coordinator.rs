@@ -111,8 +111,14 @@ pub struct Coordinator {
     /// When each member was last seen with a mirror pod: one whose pod vanished within a
     /// lease duration counts as unavailable (kubelet replacing it), not as gone.
     seen: HashMap<(ObjectKey, String), Instant>,
+    /// Members whose grant expired unused, and when: passed over for [`STALLED_FOR`] lease
+    /// durations.
+    stalled: HashMap<(ObjectKey, String), Instant>,
     deleted: HashMap<String, (ObjectKey, Instant)>,
 }
+
+/// How many lease durations a node whose grant expired unused is passed over.
+const STALLED_FOR: u32 = 5;
 
 /// How long a write this replica made may stay unseen in its cache before it stops assuming it.
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -132,6 +138,7 @@ impl Coordinator {
             halts_reported: HashSet::new(),
             created: HashMap::new(),
             seen: HashMap::new(),
+            stalled: HashMap::new(),
             deleted: HashMap::new(),
         }
     }
@@ -217,17 +224,34 @@ impl Coordinator {
             .filter(|((of, _), at)| of == key && **at < now)
             .map(|((_, node), _)| node.clone())
             .collect();
+        let stalled_for = self.lease_duration * STALLED_FOR;
+        self.stalled
+            .retain(|_, at| now.duration_since(*at) < stalled_for);
+        let stalled: std::collections::BTreeSet<String> = self
+            .stalled
+            .keys()
+            .filter(|(of, _)| of == key)
+            .map(|(_, node)| node.clone())
+            .collect();
         let object = rollout.key.to_string();
         let decision = decide(&Input {
             object: &object,
             hash: rollout.hash,
             members: rollout.members,
             missing: &missing,
+            stalled: &stalled,
             grants: &views,
             controls: rollout.controls,
             promoted: rollout.promoted,
         });
         for node in &decision.delete {
+            if views
+                .iter()
+                .any(|v| v.node == *node && v.state == GrantState::Out { expired: true })
+            {
+                tracing::warn!(node = %node, "grant expired unused: the node's agent is gone or cut off; passing it over for now");
+                self.stalled.insert((key.clone(), node.clone()), now);
+            }
             let name = grant::lease_name(rollout.key, node);
             match self.api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {

@@ -136,6 +136,7 @@ pub async fn snapshot(
             hash: &hash,
             members: &members,
             missing: &[],
+            stalled: &Default::default(),
             grants: &views,
             controls,
             promoted,

@@ -94,6 +94,9 @@ pub struct Input<'a> {
     pub members: &'a [Member],
     /// Members seen lately whose mirror pod is gone now (kubelet replacing it): unavailable.
     pub missing: &'a [String],
+    /// Members whose last grant expired unused (their agent is gone): not granted again for a
+    /// while, or one dead agent with a Ready pod would take the window over and over.
+    pub stalled: &'a BTreeSet<String>,
     pub grants: &'a [GrantView],
     pub controls: RolloutControls,
     /// The desired hash was promoted past the canary step.
@@ -151,13 +154,16 @@ pub fn decide(input: &Input) -> Decision {
             m.ready
                 && !decision.upgrading.contains(&m.node)
                 && !decision.failed.contains_key(&m.node)
+                && !input.stalled.contains(&m.node)
         })
         .collect();
     decision.waiting = outdated
         .iter()
         .filter(|m| !decision.upgrading.contains(&m.node) && !decision.failed.contains_key(&m.node))
         .count();
-    if outdated.is_empty() {
+    // Complete once every member runs the hash and no grant is out (a holder's pod may be
+    // missing while kubelet replaces it).
+    if outdated.is_empty() && decision.upgrading.is_empty() {
         decision.phase = Phase::Complete;
         return decision;
     }
@@ -269,6 +275,7 @@ mod tests {
             hash: NEW,
             members,
             missing: &[],
+            stalled: &BTreeSet::new(),
             grants,
             controls,
             promoted,
@@ -515,6 +522,23 @@ mod tests {
     }
 
     #[test]
+    fn a_node_whose_grant_expired_unused_is_passed_over() {
+        let members = fleet(3);
+        let stalled = BTreeSet::from(["n00".to_string(), "n01".to_string()]);
+        let d = decide(&Input {
+            object: "StaticPod default/nginx",
+            hash: NEW,
+            members: &members,
+            missing: &[],
+            stalled: &stalled,
+            grants: &[],
+            controls: controls(3),
+            promoted: false,
+        });
+        assert_eq!(d.grant, vec!["n02"]);
+    }
+
+    #[test]
     fn a_member_whose_pod_just_vanished_is_unavailable() {
         let members = fleet(3);
         let d = decide(&Input {
@@ -522,6 +546,7 @@ mod tests {
             hash: NEW,
             members: &members,
             missing: &["n09".to_string()],
+            stalled: &BTreeSet::new(),
             grants: &[],
             controls: controls(2),
             promoted: false,

@@ -38,6 +38,8 @@ const MAX_LABEL_VALUE: usize = 63;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
+    #[error("building the patch of grant {name}: {reason}")]
+    Patch { name: String, reason: String },
     #[error("{action} grant {namespace}/{name}: {source}")]
     Api {
         action: &'static str,
@@ -244,28 +246,52 @@ impl Grants {
         }
     }
 
-    /// Renew `grant` (it is held while the upgrade runs). False when it is gone: the
-    /// controller deleted it (expired, or the template changed).
-    pub async fn renew(&self, grant: &Grant) -> Result<bool, GrantError> {
-        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        let patch = json!({"spec": {"renewTime": now}});
+    /// Patch this grant and no other: the JSON patch first tests the Lease's uid, since the
+    /// controller may have replaced the grant by a new one of the same name (a new template)
+    /// since this node read it. False when the grant is gone or replaced (404, or the test's
+    /// 422).
+    async fn patch_own(
+        &self,
+        grant: &Grant,
+        action: &'static str,
+        ops: serde_json::Value,
+    ) -> Result<bool, GrantError> {
+        let mut patch = vec![json!({"op": "test", "path": "/metadata/uid", "value": grant.uid})];
+        patch.extend(ops.as_array().cloned().unwrap_or_default());
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
+            .map_err(|e| GrantError::Patch {
+                name: grant.lease_name.clone(),
+                reason: e.to_string(),
+            })?;
         match self
             .api
             .patch(
                 &grant.lease_name,
                 &PatchParams::default(),
-                &Patch::Merge(&patch),
+                &Patch::Json::<()>(patch),
             )
             .await
         {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
-            Err(e) => Err(self.error("renewing", &grant.lease_name)(e)),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Ok(false),
+            Err(e) => Err(self.error(action, &grant.lease_name)(e)),
         }
     }
 
+    /// Renew `grant` (it is held while the upgrade runs). False when it is gone: the
+    /// controller deleted it (expired, or the template changed).
+    pub async fn renew(&self, grant: &Grant) -> Result<bool, GrantError> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        self.patch_own(
+            grant,
+            "renewing",
+            json!([{"op": "add", "path": "/spec/renewTime", "value": now}]),
+        )
+        .await
+    }
+
     /// Record how the upgrade ended and release the grant, in one request. A grant already
-    /// gone needs nothing.
+    /// gone (or replaced by a newer one) needs nothing.
     pub async fn finish(&self, grant: &Grant, how: &Finish) -> Result<(), GrantError> {
         {
             let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,23 +307,21 @@ impl Grants {
             }
             finished.insert(grant.uid.clone());
         }
-        let patch = json!({
-            "metadata": {"annotations": {RESULT_ANNOTATION: how.annotation()}},
-            "spec": {"holderIdentity": null},
-        });
-        match self
-            .api
-            .patch(
-                &grant.lease_name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(self.error("finishing", &grant.lease_name)(e)),
-        }
+        // `~1` is `/` in a JSON pointer.
+        let result = format!(
+            "/metadata/annotations/{}",
+            RESULT_ANNOTATION.replace('/', "~1")
+        );
+        self.patch_own(
+            grant,
+            "finishing",
+            json!([
+                {"op": "add", "path": result, "value": how.annotation()},
+                {"op": "add", "path": "/spec/holderIdentity", "value": null},
+            ]),
+        )
+        .await
+        .map(|_| ())
     }
 }
 

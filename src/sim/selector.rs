@@ -65,7 +65,10 @@ impl Selectors {
                 let matched = match obj.pointer(pointer) {
                     Some(Value::String(s)) => s == want,
                     Some(Value::Null) | None => want.is_empty(),
-                    Some(other) => other.to_string() == *want,
+                    Some(other) => {
+                        let text = other.to_string();
+                        text == *want
+                    }
                 };
                 matched == *equal
             })

@@ -106,7 +106,12 @@ impl Store {
                     "strategic merge patch is not supported for custom resources",
                 ));
             }
-            patch::apply(kind, current, body).map_err(|e| ApiError::bad_request(&e.to_string()))
+            patch::apply(kind, current, body).map_err(|e| match e {
+                // As the API server: a JSON patch that does not apply (a failed `test` op) is
+                // 422 Invalid, a malformed one 400.
+                patch::PatchError::Json(_) => ApiError::invalid(rt, name, &e.to_string()),
+                _ => ApiError::bad_request(&e.to_string()),
+            })
         })
     }
 

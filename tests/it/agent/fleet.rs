@@ -313,7 +313,19 @@ async fn a_canary_step_waits_for_promotion_and_pause_holds_new_grants() {
         "plain progress lines when not on a terminal: {}",
         done.stdout
     );
-    assert_eq!(upgraded(&env).len(), 5);
+    env.wait(
+        "every node upgraded and Ready",
+        Duration::from_secs(20),
+        async || {
+            let now = upgraded(&env);
+            if now.len() == 5 {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// `staticpod-puller controller` as a process (what a Deployment replica runs).
