@@ -41,11 +41,32 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    reflect_trimmed(api, config, |_| {}, on_change)
+}
+
+/// As [`reflect`], with every object passed through `trim` before it is stored: a cache of
+/// many objects keeps only the fields its reader needs.
+pub fn reflect_trimmed<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    on_change: impl Fn() + Send + 'static,
+) -> (kube::runtime::reflector::Store<K>, WatchTask)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let resource = K::plural(&Default::default()).to_string();
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
+    let stream = reflector::reflector(writer, watcher(api, config).modify(trim))
         .default_backoff()
         .touched_objects();
     let task = tokio::spawn(async move {

@@ -35,7 +35,7 @@ use crate::rollout::upgrade::{FailedHashes, InFlight, Upgrader};
 use bundles::{BundleApplier, BundleIntake};
 use caches::{ReflectedPods, Reflectors, start_reflectors, watch_manifest_dir};
 use node_labels::NodeLabels;
-use reconcile::{Parts, Reconciler};
+use reconcile::{Memory, Reconciler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -174,7 +174,7 @@ impl Agent {
                 ),
             },
         };
-        let reconciler = Reconciler::new(Parts {
+        let reconciler = Reconciler {
             node: node.clone(),
             config: config.clone(),
             client,
@@ -189,7 +189,8 @@ impl Agent {
             connectivity,
             applied,
             last_cached,
-        });
+            memory: Memory::default(),
+        };
         Ok(Agent {
             node,
             config,

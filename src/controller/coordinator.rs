@@ -26,6 +26,35 @@ pub const CANARY_LABEL: &str = "staticpod-puller.openyurt.io/canary";
 /// The pod condition saying the new template's images are on the node (OpenYurt's name).
 pub const IMAGE_READY_CONDITION: &str = "PodImageReady";
 
+/// Keep of a pod only what coordination and status read: its name, namespace, node, the hash
+/// and config-source annotations, and the Ready and PodImageReady conditions. The controller
+/// caches every pod of the cluster; most of each pod is spec it never reads.
+pub fn trim_pod(pod: &mut Pod) {
+    use crate::manifest::HASH_ANNOTATION;
+    pod.metadata.managed_fields = None;
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == HASH_ANNOTATION || k == CONFIG_SOURCE);
+    }
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    pod.spec = node.map(|node_name| k8s_openapi::api::core::v1::PodSpec {
+        node_name: Some(node_name),
+        ..Default::default()
+    });
+    if let Some(status) = pod.status.as_mut() {
+        let conditions = status.conditions.take().map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.type_ == "Ready" || c.type_ == IMAGE_READY_CONDITION)
+                .collect()
+        });
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            conditions,
+            ..Default::default()
+        };
+    }
+}
+
 /// Members of every object, from the mirror pods in one pass: (namespace, object name) →
 /// members. A mirror pod is `<object name>-<node name>` with a non-`api` config source.
 pub fn members_by_object(
@@ -376,6 +405,25 @@ mod tests {
             }))
             .expect("a pod"),
         )
+    }
+
+    #[test]
+    fn a_trimmed_pod_keeps_what_coordination_reads() {
+        let full = pod("nginx-edge-1", "edge-1", "file", true);
+        let mut trimmed = (*full).clone();
+        trimmed
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("big".into(), "x".repeat(1000));
+        trim_pod(&mut trimmed);
+        let canary = HashSet::new();
+        assert_eq!(
+            members_by_object(&[Arc::new(trimmed.clone())], &canary),
+            members_by_object(&[full], &canary)
+        );
+        assert!(trimmed.spec.unwrap().containers.is_empty());
+        assert_eq!(trimmed.metadata.annotations.unwrap().len(), 2);
     }
 
     #[test]

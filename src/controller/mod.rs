@@ -120,12 +120,17 @@ pub async fn run(
             changed.clone(),
             &mut watches,
         ),
-        pods: reflect(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            changed.clone(),
-            &mut watches,
-        ),
+        pods: {
+            let on_change = changed.clone();
+            let (store, task) = crate::kubeclient::reflect_trimmed(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                coordinator::trim_pod,
+                move || on_change.notify_one(),
+            );
+            watches.push(task);
+            store
+        },
         grants: reflect(
             Api::namespaced(client.clone(), lease_namespace),
             watcher::Config::default().labels(grant::OBJECT_LABEL),

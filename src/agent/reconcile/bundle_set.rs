@@ -38,7 +38,7 @@ impl Reconciler {
                 None
             }
             Verdict::KeptOffline(a) => {
-                if self.kept_reported.insert((d.manifest.clone(), a.sequence)) {
+                if self.memory.kept.insert((d.manifest.clone(), a.sequence)) {
                     tracing::info!(object = %d.key, node = %self.node, sequence = a.sequence, local_hash = %a.hash, cluster_hash = %d.hash, "API server unreachable: keeping the manifest set from the bundle");
                 }
                 // Not settled: it changes when the API server answers again.
@@ -77,7 +77,7 @@ impl Reconciler {
                     .emit(&d.key, &d.uid, Reason::BundleSuperseded, &message)
                     .await;
                 self.applied.forget(&d.manifest);
-                self.kept_reported.remove(&(d.manifest.clone(), a.sequence));
+                self.memory.kept.remove(&(d.manifest.clone(), a.sequence));
                 None
             }
         }

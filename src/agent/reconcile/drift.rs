@@ -30,7 +30,7 @@ impl Reconciler {
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect();
-                if self.drift_reported.insert((d.manifest.clone(), digest)) {
+                if self.memory.drift.insert((d.manifest.clone(), digest)) {
                     tracing::warn!(object = %d.key, node = %self.node, "manifest edited on the node (drift.mode: report)");
                     let message = format!(
                         "{}.yaml was edited on the node; left as is (drift.mode: report)",

@@ -69,58 +69,24 @@ pub(super) struct Reconciler {
     pub(super) applied: Arc<Applied>,
     /// The desired state last saved to the state directory's cache.
     pub(super) last_cached: BTreeMap<ObjectKey, DesiredObject>,
+    /// What earlier passes saw and reported.
+    pub(super) memory: Memory,
+}
+
+/// What the pass remembers between passes, so it reports a thing once.
+#[derive(Default)]
+pub(super) struct Memory {
     /// Refusals already reported: (uid, reason).
-    refused_reported: HashSet<(String, String)>,
+    refused: HashSet<(String, String)>,
     /// Manifests this node held at the last pass (to notice one being removed).
     members: HashSet<String>,
     /// Drift already reported (manifest, content digest), in report mode.
-    drift_reported: HashSet<(String, String)>,
+    drift: HashSet<(String, String)>,
     /// Bundle-set manifests already reported as kept while offline: (manifest, sequence).
-    kept_reported: HashSet<(String, u64)>,
-}
-
-/// What a [`Reconciler`] is built from.
-pub(super) struct Parts {
-    pub(super) node: String,
-    pub(super) config: Config,
-    pub(super) client: kube::Client,
-    pub(super) store: Arc<ManifestStore>,
-    pub(super) caches: Caches,
-    pub(super) grants: Arc<Grants>,
-    pub(super) upgrader: Arc<Upgrader>,
-    pub(super) events: Recorder,
-    pub(super) running: Arc<InFlight>,
-    pub(super) ota: Arc<Ota>,
-    pub(super) template_policy: Option<TrustPolicy>,
-    pub(super) connectivity: Arc<Connectivity>,
-    pub(super) applied: Arc<Applied>,
-    pub(super) last_cached: BTreeMap<ObjectKey, DesiredObject>,
+    kept: HashSet<(String, u64)>,
 }
 
 impl Reconciler {
-    pub(super) fn new(p: Parts) -> Reconciler {
-        Reconciler {
-            node: p.node,
-            config: p.config,
-            client: p.client,
-            store: p.store,
-            caches: p.caches,
-            grants: p.grants,
-            upgrader: p.upgrader,
-            events: p.events,
-            running: p.running,
-            ota: p.ota,
-            template_policy: p.template_policy,
-            connectivity: p.connectivity,
-            applied: p.applied,
-            last_cached: p.last_cached,
-            refused_reported: HashSet::new(),
-            members: HashSet::new(),
-            drift_reported: HashSet::new(),
-            kept_reported: HashSet::new(),
-        }
-    }
-
     /// The desired objects and refusals, from the caches.
     fn desired(&self) -> (BTreeMap<ObjectKey, DesiredObject>, Vec<Refusal>) {
         cluster::select(
@@ -137,7 +103,8 @@ impl Reconciler {
         self.ota.set_desired(desired.clone(), refusals.clone());
         for r in refusals {
             if self
-                .refused_reported
+                .memory
+                .refused
                 .insert((r.uid.clone(), r.reason.clone()))
             {
                 tracing::warn!(object = %r.key, node = %self.node, reason = %r.reason, "object refused; nothing written");
@@ -183,7 +150,7 @@ impl Reconciler {
             }
             match next {
                 Plan::NotMember => {
-                    if self.members.remove(&d.manifest) {
+                    if self.memory.members.remove(&d.manifest) {
                         tracing::warn!(object = %d.key, node = %self.node, manifest = %d.manifest, "manifest removed on the node: no longer a member");
                         let message = format!(
                             "{}.yaml was removed on the node: no longer a member",
@@ -195,11 +162,11 @@ impl Reconciler {
                     }
                 }
                 Plan::Current => {
-                    self.members.insert(d.manifest.clone());
+                    self.memory.members.insert(d.manifest.clone());
                     self.finish_done_grant(d, &mirror_name).await;
                 }
                 Plan::Drifted => {
-                    self.members.insert(d.manifest.clone());
+                    self.memory.members.insert(d.manifest.clone());
                     self.drifted(d, local.as_deref().unwrap_or_default()).await;
                     if self.config.drift.mode == DriftMode::Report {
                         pending.push(Pending::settled(format!(
@@ -226,19 +193,19 @@ impl Reconciler {
                 ))),
                 Plan::Upgrade { .. } if !self.upgrader.mirrors.node_ready() => {
                     // Nothing could be seen to succeed; the upgrade starts when the node is back.
-                    self.members.insert(d.manifest.clone());
+                    self.memory.members.insert(d.manifest.clone());
                     pending.push(Pending::moving(format!(
                         "{} behind; waiting for the node to be Ready",
                         d.key
                     )));
                 }
                 Plan::Upgrade { needs_grant: false } => {
-                    self.members.insert(d.manifest.clone());
+                    self.memory.members.insert(d.manifest.clone());
                     pending.push(Pending::moving(format!("{} behind", d.key)));
                     self.start_upgrade(d, None).await;
                 }
                 Plan::Upgrade { needs_grant: true } => {
-                    self.members.insert(d.manifest.clone());
+                    self.memory.members.insert(d.manifest.clone());
                     match self.grant_for(d, &d.hash) {
                         Some(grant) => {
                             pending.push(Pending::moving(format!("{} behind", d.key)));
