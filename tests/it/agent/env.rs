@@ -102,6 +102,11 @@ impl Env {
     }
 
     pub(crate) async fn start(nodes: usize, timings: Timings) -> Env {
+        // What the in-process controller logs goes to the test's captured output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("staticpod_puller::controller=debug")
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut options = DevClusterOptions::new(dir.path(), nodes);
         options.timings = timings;
