@@ -238,14 +238,20 @@ impl Pass {
         let grants_by_object = coordinator::grants_by_object(&grants);
         let no_members = Vec::new();
         let no_grants = Vec::new();
+        // Each object's members and grants, from the maps built once per pass.
+        let of = |key: &ObjectKey| {
+            (
+                members
+                    .get(&(key.namespace.clone(), key.name.clone()))
+                    .unwrap_or(&no_members),
+                grants_by_object
+                    .get(&grant::object_label(key))
+                    .unwrap_or(&no_grants),
+            )
+        };
         for o in caches.static_pods.state() {
             let key = key_of(Kind::StaticPod, &*o);
-            let m = members
-                .get(&(key.namespace.clone(), key.name.clone()))
-                .unwrap_or(&no_members);
-            let g = grants_by_object
-                .get(&grant::object_label(&key))
-                .unwrap_or(&no_grants);
+            let (m, g) = of(&key);
             let due = self
                 .object(&key, &*o, &o.spec, o.status.as_ref(), m, g, now)
                 .await;
@@ -254,12 +260,7 @@ impl Pass {
         for o in caches.yurt_static_sets.state() {
             let key = key_of(Kind::YurtStaticSet, &*o);
             let spec: StaticPodSpec = o.spec.clone().into();
-            let m = members
-                .get(&(key.namespace.clone(), key.name.clone()))
-                .unwrap_or(&no_members);
-            let g = grants_by_object
-                .get(&grant::object_label(&key))
-                .unwrap_or(&no_grants);
+            let (m, g) = of(&key);
             let due = self
                 .object(&key, &*o, &spec, o.status.as_ref(), m, g, now)
                 .await;

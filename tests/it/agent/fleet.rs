@@ -220,15 +220,7 @@ async fn a_canary_step_waits_for_promotion_and_pause_holds_new_grants() {
     env.start_agents(Settings::patient());
 
     let (_, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
-    let upgraded = |env: &Env| -> Vec<String> {
-        env.nodes()
-            .into_iter()
-            .filter(|n| {
-                mirror(env.store(), "nginx", n)
-                    .is_some_and(|m| m.ready && m.hash.as_deref() == Some(new_hash.as_str()))
-            })
-            .collect()
-    };
+    let upgraded = |env: &Env| upgraded_to(env, &new_hash);
     env.wait(
         "AwaitingPromotion after the canary step",
         Duration::from_secs(30),
@@ -326,6 +318,17 @@ async fn a_canary_step_waits_for_promotion_and_pause_holds_new_grants() {
         },
     )
     .await;
+}
+
+/// The nodes whose mirror pod runs `hash` and is Ready.
+fn upgraded_to(env: &Env, hash: &str) -> Vec<String> {
+    env.nodes()
+        .into_iter()
+        .filter(|n| {
+            mirror(env.store(), "nginx", n)
+                .is_some_and(|m| m.ready && m.hash.as_deref() == Some(hash))
+        })
+        .collect()
 }
 
 /// `staticpod-puller controller` as a process (what a Deployment replica runs).
