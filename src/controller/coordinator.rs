@@ -236,12 +236,18 @@ impl Coordinator {
                 views.push(view);
             }
         }
-        views.extend(
-            self.created
-                .values()
-                .filter(|(of, _, _)| of == key)
-                .map(|(_, view, _)| view.clone()),
-        );
+        // A grant this replica created and its cache does not show yet replaces whatever the
+        // cache still shows for that node (an older grant of the same name, already deleted):
+        // deciding on the stale one would delete the new grant's predecessor again, or worse.
+        let pending: Vec<GrantView> = self
+            .created
+            .values()
+            .filter(|(of, _, _)| of == key)
+            .map(|(_, view, _)| view.clone())
+            .collect();
+        views.retain(|v| !pending.iter().any(|p| p.node == v.node));
+        uids.retain(|node, _| !pending.iter().any(|p| p.node == *node));
+        views.extend(pending);
         for m in rollout.members {
             self.seen.insert((key.clone(), m.node.clone()), now);
         }
@@ -274,6 +280,7 @@ impl Coordinator {
             promoted: rollout.promoted,
         });
         for node in &decision.delete {
+            tracing::debug!(node = %node, seen = ?views.iter().filter(|v| v.node == *node).collect::<Vec<_>>(), "deleting a grant");
             if views
                 .iter()
                 .any(|v| v.node == *node && v.state == GrantState::Out { expired: true })
@@ -282,13 +289,21 @@ impl Coordinator {
                 self.stalled.insert((key.clone(), node.clone()), now);
             }
             let name = grant::lease_name(rollout.key, node);
-            match self.api.delete(&name, &DeleteParams::default()).await {
+            // Only the grant decided about: a newer one of the same name stays.
+            let params = DeleteParams {
+                preconditions: uids.get(node).map(|uid| kube::api::Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(&name, &params).await {
                 Ok(_) => {
                     if let Some(uid) = uids.get(node) {
                         self.deleted.insert(uid.clone(), (key.clone(), now));
                     }
                 }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
             }
         }

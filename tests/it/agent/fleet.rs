@@ -478,3 +478,68 @@ async fn an_agent_killed_holding_a_grant_that_never_returns_lets_the_rollout_fin
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_finishes_a_grant_it_still_holds_at_once() {
+    // The state a kill between "Ready seen" and "grant finished" leaves: the node runs the
+    // granted hash, its journal is closed, and its grant is still open.
+    let mut env = Env::start(1, Timings::fast()).await;
+    let node = env.nodes()[0].clone();
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, _) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agent(&node, Settings::patient());
+    let (generation2, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    assert!(generation2 > generation);
+    env.wait_status("nginx", generation2, (1, 1, 1), Duration::from_secs(30))
+        .await;
+    env.wait_grants_finished("nginx").await;
+    let mut agent = env.agents.remove(&node).expect("the agent");
+    agent.kill9();
+
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.admin.clone(), "staticpod-system");
+    let key = staticpod_puller::desired::ObjectKey {
+        kind: staticpod_puller::desired::Kind::StaticPod,
+        namespace: "default".into(),
+        name: "nginx".into(),
+    };
+    let name = staticpod_puller::rollout::grant::lease_name(&key, &node);
+    let _ = leases.delete(&name, &Default::default()).await;
+    let open =
+        staticpod_puller::rollout::grant::lease(&key, &node, &new_hash, Duration::from_secs(30));
+    leases
+        .create(&Default::default(), &open)
+        .await
+        .expect("the grant left open");
+
+    const FINISHED: &str = "grant of an upgrade already done finished";
+    let before = env.log(&node).matches(FINISHED).count();
+    let restarted = tokio::time::Instant::now();
+    env.start_agent(&node, Settings::patient());
+    env.wait(
+        "the restarted agent to finish the grant it held",
+        Duration::from_secs(10),
+        async || {
+            let now = env.log(&node).matches(FINISHED).count();
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{now} {FINISHED:?} lines, {before} before the restart"
+                ))
+            }
+        },
+    )
+    .await;
+    let took = restarted.elapsed();
+    // Well within the grant's 30 s duration: the window moves on at once, not at expiry. The
+    // agent's own start-up (its watches' first lists) is most of it.
+    assert!(
+        took < Duration::from_secs(5),
+        "finished {took:?} after the restart"
+    );
+    println!("grant finished {took:?} after the agent restarted");
+}
