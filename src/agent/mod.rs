@@ -226,7 +226,7 @@ impl Agent {
     }
 
     /// The daemon: resume journaled upgrades, then reconcile on every change (and every
-    /// second, for slot expiry and deadlines).
+    /// second, for deadlines).
     pub async fn run(mut self) -> Result<(), AgentError> {
         while !self.reconciler.caches.ready(Duration::from_secs(30)).await {
             tracing::warn!(node = %self.node, "API server not reachable yet; keeping the node as it is");

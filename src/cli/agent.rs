@@ -25,7 +25,7 @@ pub struct AgentFlags {
     /// Follow only this namespace; repeatable (overrides namespaces).
     #[arg(long = "namespace", value_name = "NS")]
     namespaces: Vec<String>,
-    /// Namespace of the slot Leases (overrides agentNamespace).
+    /// Namespace of the grant Leases (overrides agentNamespace).
     #[arg(long, value_name = "NS")]
     agent_namespace: Option<String>,
     /// Roll back an upgrade not Ready within this (overrides rollout.progressDeadline).

@@ -297,12 +297,19 @@ impl Coordinator {
                 }),
                 ..DeleteParams::default()
             };
-            match self.api.delete(&name, &params).await {
-                Ok(_) => {
-                    if let Some(uid) = uids.get(node) {
-                        self.deleted.insert(uid.clone(), (key.clone(), now));
-                    }
-                }
+            let result = self.api.delete(&name, &params).await;
+            // Gone either way (404: the cache is behind): not counted again until the cache
+            // agrees.
+            let gone = match &result {
+                Ok(_) => true,
+                Err(kube::Error::Api(e)) => e.code == 404,
+                Err(_) => false,
+            };
+            if gone && let Some(uid) = uids.get(node) {
+                self.deleted.insert(uid.clone(), (key.clone(), now));
+            }
+            match result {
+                Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
             }

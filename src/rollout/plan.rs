@@ -141,7 +141,7 @@ mod tests {
             plan(&new, Some(&new.rendered), up.as_ref(), &none),
             Plan::Current
         );
-        // Behind: a slot is needed while the current pod is Ready, not when it is not.
+        // Behind: a grant is needed while the current pod is Ready, not when it is not.
         assert_eq!(
             plan(&new, Some(HAND_PLACED), up.as_ref(), &none),
             Plan::Upgrade { needs_grant: true }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// A random number below `n` (n > 0), from the standard library's randomly keyed hasher: good
-/// enough to spread nodes over slots and delays, with no generator to seed.
+/// enough to spread nodes over time, with no generator to seed.
 pub fn random_below(n: usize) -> usize {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
