@@ -44,22 +44,28 @@ impl Env {
         run_to_end(cmd, Duration::from_secs(60)).await
     }
 
-    /// The object's status phase and the message of one of its conditions.
-    async fn phase_and(&self, condition: &str) -> Result<(String, String), String> {
-        let sp = self
-            .static_pods()
-            .get("nginx")
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = sp.status.ok_or("no status yet")?;
-        let message = status
-            .conditions
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.type_ == condition && c.status == "True")
-            .and_then(|c| c.message)
-            .ok_or(format!("condition {condition} not True"))?;
-        Ok((status.phase.unwrap_or_default(), message))
+    /// Wait until the object's status phase is `phase` and its condition of the same name is
+    /// True; the condition's message.
+    async fn wait_phase(&self, phase: &str, timeout: Duration) -> String {
+        self.wait(&format!("status phase {phase}"), timeout, async || {
+            let sp = self
+                .static_pods()
+                .get("nginx")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = sp.status.ok_or("no status yet")?;
+            let message = status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == phase && c.status == "True")
+                .and_then(|c| c.message);
+            match (status.phase.as_deref(), message) {
+                (Some(p), Some(m)) if p == phase => Ok(m),
+                (p, _) => Err(format!("phase {p:?}, condition {phase} not True")),
+            }
+        })
+        .await
     }
 
     /// Nodes whose manifest ever carried `hash`, from a directory watch.
@@ -98,16 +104,7 @@ async fn a_broken_template_halts_after_the_failure_budget_and_retry_and_a_fix_go
 
     env.cluster.set_broken_image(NEW_IMAGE, true);
     let (_, bad_hash) = env.set_image("nginx", NEW_IMAGE).await;
-    let (phase, message) = env
-        .wait(
-            "the rollout Halted",
-            Duration::from_secs(30),
-            async || match env.phase_and("Halted").await? {
-                (p, m) if p == "Halted" => Ok((p, m)),
-                other => Err(format!("{other:?}")),
-            },
-        )
-        .await;
+    let message = env.wait_phase("Halted", Duration::from_secs(30)).await;
     // Grants already out finish; then nothing more goes out for the bad hash.
     env.holds(
         "no further node writes the bad hash",
@@ -133,7 +130,7 @@ async fn a_broken_template_halts_after_the_failure_budget_and_retry_and_a_fix_go
         .collect();
     assert!(
         failed.len() >= max_failed && message.contains("not Ready"),
-        "{phase}: the Halted condition names the failed nodes and why: {message}"
+        "the Halted condition names the failed nodes and why: {message}"
     );
     let halted = env.wait_event("RolloutHalted", &bad_hash).await;
     assert!(halted.contains("maxFailed"), "{halted}");
@@ -222,15 +219,8 @@ async fn a_canary_step_waits_for_promotion_and_pause_holds_new_grants() {
 
     let (_, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
     let upgraded = |env: &Env| upgraded_to(env, &new_hash);
-    env.wait(
-        "AwaitingPromotion after the canary step",
-        Duration::from_secs(30),
-        async || match env.phase_and("AwaitingPromotion").await {
-            Ok((p, _)) if p == "AwaitingPromotion" => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    )
-    .await;
+    env.wait_phase("AwaitingPromotion", Duration::from_secs(30))
+        .await;
     let canaries = upgraded(&env);
     assert_eq!(
         canaries.len(),
@@ -264,13 +254,7 @@ async fn a_canary_step_waits_for_promotion_and_pause_holds_new_grants() {
         promoted.stdout,
         promoted.stderr
     );
-    env.wait("Paused", Duration::from_secs(10), async || {
-        match env.phase_and("Paused").await {
-            Ok((p, _)) if p == "Paused" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    env.wait_phase("Paused", Duration::from_secs(10)).await;
     env.holds(
         "no new upgrade while paused",
         Duration::from_secs(2),
