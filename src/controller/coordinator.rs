@@ -12,6 +12,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use tokio::time::Instant;
 
+use super::expectations::{Expectations, Held};
 use super::window::{Decision, GrantState, GrantView, Input, Member, Phase, decide};
 use crate::desired::ObjectKey;
 use crate::manifest::mirror::{CONFIG_SOURCE, pod_hash, pod_ready};
@@ -133,24 +134,18 @@ pub struct Coordinator {
     observed: HashMap<String, (String, Instant)>,
     /// Halts already reported: (object, hash).
     halts_reported: HashSet<(ObjectKey, String)>,
-    /// Grants this replica created or deleted that its cache does not show so yet (by uid): a
-    /// pass run before the watch catches up must neither grant past the window nor count a
-    /// deleted grant. Forgotten once the cache agrees, or after [`EXPECTATION_TIMEOUT`].
-    created: HashMap<String, (ObjectKey, GrantView, Instant)>,
+    /// Its own writes the cache does not show yet.
+    expectations: Expectations,
     /// When each member was last seen with a mirror pod: one whose pod vanished within a
     /// lease duration counts as unavailable (kubelet replacing it), not as gone.
     seen: HashMap<(ObjectKey, String), Instant>,
     /// Members whose grant expired unused, and when: passed over for [`STALLED_FOR`] lease
     /// durations.
     stalled: HashMap<(ObjectKey, String), Instant>,
-    deleted: HashMap<String, (ObjectKey, Instant)>,
 }
 
 /// How many lease durations a node whose grant expired unused is passed over.
 const STALLED_FOR: u32 = 5;
-
-/// How long a write this replica made may stay unseen in its cache before it stops assuming it.
-const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Coordinator {
     pub fn new(
@@ -165,10 +160,9 @@ impl Coordinator {
             events: Recorder::controller(client, identity),
             observed: HashMap::new(),
             halts_reported: HashSet::new(),
-            created: HashMap::new(),
+            expectations: Expectations::default(),
             seen: HashMap::new(),
             stalled: HashMap::new(),
-            deleted: HashMap::new(),
         }
     }
 
@@ -211,43 +205,19 @@ impl Coordinator {
     /// Decide and apply one object's window.
     #[tracing::instrument(skip_all, fields(object = %rollout.key, hash = %rollout.hash))]
     pub async fn coordinate(&mut self, rollout: &Rollout<'_>, now: Instant) -> Decision {
-        let uid = |l: &Lease| l.metadata.uid.clone().unwrap_or_default();
-        let cached: HashSet<String> = rollout.grants.iter().map(|l| uid(l)).collect();
         let key = rollout.key;
-        // Expectations end when the cache agrees (a created grant shows, a deleted one is
-        // gone), or after a timeout. They are by uid: a grant handed out again has the name
-        // of the one deleted before it.
-        self.created.retain(|created, (of, _, at)| {
-            of != key
-                || (!cached.contains(created) && now.duration_since(*at) < EXPECTATION_TIMEOUT)
-        });
-        self.deleted.retain(|deleted, (of, at)| {
-            of != key || (cached.contains(deleted) && now.duration_since(*at) < EXPECTATION_TIMEOUT)
-        });
-        let mut views: Vec<GrantView> = Vec::new();
-        let mut uids: HashMap<String, String> = HashMap::new();
-        for lease in rollout
+        let cached: Vec<Held> = rollout
             .grants
             .iter()
-            .filter(|l| !self.deleted.contains_key(&uid(l)))
-        {
-            if let Some(view) = grant_view(lease, self.expired(lease, now)) {
-                uids.insert(view.node.clone(), uid(lease));
-                views.push(view);
-            }
-        }
-        // A grant this replica created and its cache does not show yet replaces whatever the
-        // cache still shows for that node (an older grant of the same name, already deleted):
-        // deciding on the stale one would delete the new grant's predecessor again, or worse.
-        let pending: Vec<GrantView> = self
-            .created
-            .values()
-            .filter(|(of, _, _)| of == key)
-            .map(|(_, view, _)| view.clone())
+            .filter_map(|l| {
+                Some(Held {
+                    uid: l.metadata.uid.clone().unwrap_or_default(),
+                    view: grant_view(l, self.expired(l, now))?,
+                })
+            })
             .collect();
-        views.retain(|v| !pending.iter().any(|p| p.node == v.node));
-        uids.retain(|node, _| !pending.iter().any(|p| p.node == *node));
-        views.extend(pending);
+        let held = self.expectations.grants(key, &cached, now);
+        let views: Vec<GrantView> = held.values().map(|h| h.view.clone()).collect();
         for m in rollout.members {
             self.seen.insert((key.clone(), m.node.clone()), now);
         }
@@ -280,37 +250,31 @@ impl Coordinator {
             promoted: rollout.promoted,
         });
         for node in &decision.delete {
-            tracing::debug!(node = %node, seen = ?views.iter().filter(|v| v.node == *node).collect::<Vec<_>>(), "deleting a grant");
-            if views
-                .iter()
-                .any(|v| v.node == *node && v.state == GrantState::Out { expired: true })
-            {
+            let Some(Held { uid, view }) = held.get(node) else {
+                continue;
+            };
+            tracing::debug!(node = %node, grant = ?view, "deleting a grant");
+            if view.state == (GrantState::Out { expired: true }) {
                 tracing::warn!(node = %node, "grant expired unused: the node's agent is gone or cut off; passing it over for now");
                 self.stalled.insert((key.clone(), node.clone()), now);
             }
             let name = grant::lease_name(rollout.key, node);
             // Only the grant decided about: a newer one of the same name stays.
             let params = DeleteParams {
-                preconditions: uids.get(node).map(|uid| kube::api::Preconditions {
+                preconditions: Some(kube::api::Preconditions {
                     uid: Some(uid.clone()),
                     resource_version: None,
                 }),
                 ..DeleteParams::default()
             };
-            let result = self.api.delete(&name, &params).await;
-            // Gone either way (404: the cache is behind): not counted again until the cache
-            // agrees.
-            let gone = match &result {
-                Ok(_) => true,
-                Err(kube::Error::Api(e)) => e.code == 404,
-                Err(_) => false,
-            };
-            if gone && let Some(uid) = uids.get(node) {
-                self.deleted.insert(uid.clone(), (key.clone(), now));
-            }
-            match result {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            match self.api.delete(&name, &params).await {
+                Ok(_) => self.expectations.deleted(key, uid, now),
+                // Gone already (the cache is behind): not counted again until it agrees.
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    self.expectations.deleted(key, uid, now)
+                }
+                // Replaced by a newer grant since: the next pass sees that one.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
             }
         }
@@ -324,7 +288,8 @@ impl Coordinator {
                         hash: rollout.hash.to_string(),
                         state: GrantState::Out { expired: false },
                     };
-                    self.created.insert(uid(&created), (key.clone(), view, now));
+                    let uid = created.metadata.uid.clone().unwrap_or_default();
+                    self.expectations.created(key, uid, view, now);
                 }
                 // Still there from before (its deletion not seen yet): the next pass sees it.
                 Err(kube::Error::Api(e)) if e.code == 409 => {

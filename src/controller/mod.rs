@@ -9,6 +9,7 @@
 //! since grants are Leases, a failover forgets none.
 
 pub mod coordinator;
+mod expectations;
 mod leader;
 pub mod operate;
 pub mod status;

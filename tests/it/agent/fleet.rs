@@ -85,7 +85,6 @@ impl Env {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (about one full run in three): the controller's grant cache sometimes stays on a grant of the startup pass for seconds (open issue); run with --ignored"]
 async fn a_broken_template_halts_after_the_failure_budget_and_retry_and_a_fix_go_on() {
     let (nodes, budget, max_failed) = (6, 2, 2);
     let deadline = Duration::from_secs(2);
@@ -465,7 +464,6 @@ async fn an_agent_killed_holding_a_grant_that_never_returns_lets_the_rollout_fin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (about one full run in three): the controller's grant cache sometimes stays on a grant of the startup pass for seconds (open issue); run with --ignored"]
 async fn a_restarted_agent_finishes_a_grant_it_still_holds_at_once() {
     // The state a kill between "Ready seen" and "grant finished" leaves: the node runs the
     // granted hash, its journal is closed, and its grant is still open.
