@@ -67,17 +67,26 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(config: Config) -> Result<Agent, AgentError> {
-        let node = config.resolved_node_name().map_err(AgentError::Config)?;
-        let store = Arc::new(ManifestStore::open(
-            &config.manifest_dir,
-            &config.state_dir,
-        )?);
         let client = crate::kubeclient::from_kubeconfig(&config.kubeconfig)
             .await
             .map_err(|reason| AgentError::Client {
                 path: config.kubeconfig.display().to_string(),
                 reason,
             })?;
+        Agent::start_with_client(config, client).await
+    }
+
+    /// As [`Agent::start`], with a client made by the caller (the demo's agent tasks reach the
+    /// dev cluster without sockets) instead of one from `config.kubeconfig`.
+    pub async fn start_with_client(
+        config: Config,
+        client: kube::Client,
+    ) -> Result<Agent, AgentError> {
+        let node = config.resolved_node_name().map_err(AgentError::Config)?;
+        let store = Arc::new(ManifestStore::open(
+            &config.manifest_dir,
+            &config.state_dir,
+        )?);
         let (caches, reflectors) = start_reflectors(&client, &config, &node);
         let dir_watch = watch_manifest_dir(&config.manifest_dir, caches.changed.clone());
         let grants = Arc::new(Grants::new(

@@ -3,6 +3,8 @@
 //! purpose: every decision is the pure function's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,6 +146,9 @@ pub struct Coordinator {
     stalled: HashMap<(ObjectKey, String), Instant>,
 }
 
+/// Grant writes in flight at once (per batch of a pass).
+const IN_FLIGHT: usize = 32;
+
 /// How many lease durations a node whose grant expired unused is passed over.
 const STALLED_FOR: u32 = 5;
 
@@ -249,6 +254,10 @@ impl Coordinator {
             controls: rollout.controls,
             promoted: rollout.promoted,
         });
+        // Deletes first (a node may be granted again under the same name in this pass), then
+        // grants; each batch in parallel: a wave of a thousand-node fleet is a hundred grants,
+        // and one at a time they would hold it up for seconds.
+        let mut deletes = Vec::new();
         for node in &decision.delete {
             let Some(Held { uid, view }) = held.get(node) else {
                 continue;
@@ -267,20 +276,47 @@ impl Coordinator {
                 }),
                 ..DeleteParams::default()
             };
-            match self.api.delete(&name, &params).await {
-                Ok(_) => self.expectations.deleted(key, uid, now),
+            // Owned futures: ones borrowing across the await are not Send to the runtime.
+            let (api, uid) = (self.api.clone(), uid.clone());
+            deletes.push(async move {
+                let result = api.delete(&name, &params).await;
+                (uid, name, result)
+            });
+        }
+        let deleted: Vec<_> = futures::stream::iter(deletes)
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (uid, name, result) in deleted {
+            match result {
+                Ok(_) => self.expectations.deleted(key, &uid, now),
                 // Gone already (the cache is behind): not counted again until it agrees.
                 Err(kube::Error::Api(e)) if e.code == 404 => {
-                    self.expectations.deleted(key, uid, now)
+                    self.expectations.deleted(key, &uid, now)
                 }
                 // Replaced by a newer grant since: the next pass sees that one.
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
             }
         }
-        for node in &decision.grant {
-            let lease = grant::lease(rollout.key, node, rollout.hash, self.lease_duration);
-            match self.api.create(&PostParams::default(), &lease).await {
+        let creates: Vec<_> = decision
+            .grant
+            .iter()
+            .map(|node| {
+                let lease = grant::lease(rollout.key, node, rollout.hash, self.lease_duration);
+                let (api, node) = (self.api.clone(), node.clone());
+                async move {
+                    let result = api.create(&PostParams::default(), &lease).await;
+                    (node, result)
+                }
+            })
+            .collect();
+        let created: Vec<_> = futures::stream::iter(creates)
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (node, result) in created {
+            match result {
                 Ok(created) => {
                     tracing::info!(node = %node, "granted");
                     let view = GrantView {

@@ -99,9 +99,10 @@ async fn start_agent_tasks(
     options: &DemoOptions,
 ) -> Result<Agents, DemoError> {
     let mut tasks = Vec::new();
+    let pipes = cluster.api().pipe_connector();
     for (i, node) in cluster.nodes().iter().enumerate() {
-        // Each agent opens five watches: thousands connecting in the same instant overflow the
-        // API server's accept queue. A fleet does not boot in one millisecond either.
+        // A fleet does not boot in one millisecond: thousands of agents listing at once would
+        // measure a stampede, not a rollout.
         if i % 10 == 9 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -110,7 +111,12 @@ async fn start_agent_tasks(
             .map_err(|e| DemoError::Manifests(e.to_string()))?;
         config.local_api.listen = String::new();
         config.metrics.listen = String::new();
-        let agent = crate::agent::Agent::start(config)
+        // Over in-memory pipes: over TCP, a thousand agents' connections exhaust this
+        // process's file descriptors.
+        let client = crate::sim::apiserver::pipe_client(&config.kubeconfig, pipes.clone())
+            .await
+            .map_err(|e| DemoError::Manifests(format!("client of {}: {e}", node.name)))?;
+        let agent = crate::agent::Agent::start_with_client(config, client)
             .await
             .map_err(|e| DemoError::Manifests(format!("agent of {}: {e}", node.name)))?;
         let name = node.name.clone();

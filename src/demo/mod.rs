@@ -44,6 +44,8 @@ pub enum DemoError {
         node: String,
         source: std::io::Error,
     },
+    #[error("starting the controller process: {0}")]
+    Controller(std::io::Error),
     #[error("{0}")]
     Timeout(String),
 }

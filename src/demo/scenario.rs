@@ -88,17 +88,9 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     .map_err(|e| DemoError::Manifests(e.to_string()))?;
     sps.create(&PostParams::default(), &seed).await?;
 
-    let controller_client = client.clone();
-    // Its info lines would interleave with the progress table: warnings and errors only.
-    let controller = tokio::spawn(async move {
-        crate::controller::run(
-            controller_client,
-            "staticpod-system",
-            "demo-controller",
-            Duration::from_secs(15),
-        )
-        .await;
-    });
+    // Its own process, as a Deployment replica runs it: its CPU time and memory are read
+    // from /proc for the figures. Its log goes to a file (it would interleave with the table).
+    let controller = start_controller(&cluster)?;
     let agents = start_agents(&cluster, &options).await?;
     println!(
         "-- {} agents started ({}), controller started",
@@ -142,6 +134,7 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     }
     println!("-- kubectl patch staticpod nginx: image {OLD_IMAGE} → {NEW_IMAGE}");
     let usage_before = cluster.api().usage();
+    let controller_before = ProcessFigures::read(controller.id());
     let changed_at = Instant::now();
     let changed_wall = std::time::SystemTime::now();
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": NEW_IMAGE}]}}}});
@@ -238,6 +231,16 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
             );
         }
         print_cost(&cluster, &usage_before, "during the rollout", None);
+        if let (Some(before), Some(after)) =
+            (controller_before, ProcessFigures::read(controller.id()))
+        {
+            println!(
+                "   controller (its own process): {:.2} s of CPU during the rollout; resident {:.1} MiB (peak {:.1} MiB)",
+                (after.cpu - before.cpu).as_secs_f64(),
+                after.rss_kib as f64 / 1024.0,
+                after.peak_kib as f64 / 1024.0
+            );
+        }
         let idle = options.idle_window;
         if !idle.is_zero() {
             let before = cluster.api().usage();
@@ -252,9 +255,68 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         wait_for_shutdown().await?;
     }
     drop(agents);
-    controller.abort();
+    drop(controller);
     cluster.shutdown().await;
     Ok(())
+}
+
+/// `staticpod-puller controller` as a child process (killed when dropped), against the dev
+/// cluster as its admin, logging to `controller.log` in the cluster's directory.
+fn start_controller(cluster: &DevCluster) -> Result<tokio::process::Child, DemoError> {
+    let exe = std::env::current_exe().map_err(|source| DemoError::Io {
+        path: "current executable".into(),
+        source,
+    })?;
+    let log = cluster.dir().join("controller.log");
+    let log_file = std::fs::File::create(&log).map_err(|source| DemoError::Io {
+        path: log.clone(),
+        source,
+    })?;
+    tokio::process::Command::new(exe)
+        .args(["--config", "/dev/null", "--log-level", "warn", "controller"])
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig())
+        .args([
+            "--identity",
+            "demo-controller",
+            "--lease-namespace",
+            "staticpod-system",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(DemoError::Controller)
+}
+
+/// A process's CPU time and memory, from /proc.
+struct ProcessFigures {
+    cpu: Duration,
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+impl ProcessFigures {
+    fn read(pid: Option<u32>) -> Option<ProcessFigures> {
+        let pid = pid?;
+        // schedstat's first field: nanoseconds on a CPU (no clock-tick conversion needed).
+        let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+        let cpu = Duration::from_nanos(schedstat.split_whitespace().next()?.parse().ok()?);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        };
+        Some(ProcessFigures {
+            cpu,
+            rss_kib: kib("VmRSS:")?,
+            peak_kib: kib("VmHWM:")?,
+        })
+    }
 }
 
 /// What the agents cost the API server since `before`: requests, watch events, and of those

@@ -16,8 +16,29 @@ enum LabelRequirement {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selectors {
     labels: Vec<LabelRequirement>,
-    /// (JSON pointer of the field path, value, equal?)
-    fields: Vec<(String, String, bool)>,
+    /// (the field path's segments, value, equal?)
+    fields: Vec<(Vec<String>, String, bool)>,
+}
+
+/// What an indexed watch wants: the object's value at `path` equal to `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IndexKey {
+    pub path: Vec<String>,
+    pub value: String,
+}
+
+/// The value at `path` as selectors compare it: a string as is, a missing field or null as
+/// the empty string, anything else as its JSON text.
+pub fn field_text<'a>(obj: &'a Value, path: &[String]) -> std::borrow::Cow<'a, str> {
+    let mut at = Some(obj);
+    for segment in path {
+        at = at.and_then(|v| v.get(segment));
+    }
+    match at {
+        Some(Value::String(s)) => std::borrow::Cow::Borrowed(s),
+        Some(Value::Null) | None => std::borrow::Cow::Borrowed(""),
+        Some(other) => std::borrow::Cow::Owned(other.to_string()),
+    }
 }
 
 impl Selectors {
@@ -41,9 +62,9 @@ impl Selectors {
                         "invalid field selector {req:?}: expected field=value"
                     ));
                 };
-                // Made into a JSON pointer once: a watch matches every change against it.
-                let pointer = format!("/{}", path.trim().replace('.', "/"));
-                sel.fields.push((pointer, value.trim().to_string(), equal));
+                // Split once: a watch matches every change against it.
+                let path = path.trim().split('.').map(str::to_string).collect();
+                sel.fields.push((path, value.trim().to_string(), equal));
             }
         }
         Ok(sel)
@@ -61,17 +82,31 @@ impl Selectors {
             LabelRequirement::NotExists(k) => label(k).is_none(),
         });
         labels_ok
-            && self.fields.iter().all(|(pointer, want, equal)| {
-                let matched = match obj.pointer(pointer) {
-                    Some(Value::String(s)) => s == want,
-                    Some(Value::Null) | None => want.is_empty(),
-                    Some(other) => {
-                        let text = other.to_string();
-                        text == *want
-                    }
-                };
-                matched == *equal
-            })
+            && self
+                .fields
+                .iter()
+                .all(|(path, want, equal)| (field_text(obj, path) == want.as_str()) == *equal)
+    }
+
+    /// An equality these selectors require, to index a watch by: every object they match has
+    /// `value` at `path` (by [`field_text`]). None when they require no equality.
+    pub fn index_key(&self) -> Option<IndexKey> {
+        let label = self.labels.iter().find_map(|r| match r {
+            LabelRequirement::Equals(k, v) => Some(IndexKey {
+                path: vec!["metadata".into(), "labels".into(), k.clone()],
+                value: v.clone(),
+            }),
+            _ => None,
+        });
+        label.or_else(|| {
+            self.fields
+                .iter()
+                .find(|(_, _, equal)| *equal)
+                .map(|(path, value, _)| IndexKey {
+                    path: path.clone(),
+                    value: value.clone(),
+                })
+        })
     }
 }
 
@@ -182,5 +217,39 @@ mod tests {
             assert_eq!(s.matches(&p), want, "selector {sel:?}");
         }
         assert!(Selectors::parse(None, Some("nonsense")).is_err());
+    }
+
+    #[test]
+    fn every_object_a_selector_matches_has_its_index_value() {
+        let objects = [
+            pod(json!({"app": "nginx", "node": "n1"}), "n1"),
+            pod(json!({"app": "web"}), "n2"),
+            pod(json!({}), ""),
+            json!({"metadata": {"name": "p"}}),
+        ];
+        let selectors = [
+            (Some("app=nginx"), None),
+            (Some("app!=nginx,node=n1"), None),
+            (None, Some("spec.nodeName=n1")),
+            (None, Some("spec.nodeName=")),
+            (None, Some("spec.nodeName!=n1,metadata.name=p")),
+            (Some("app in (web)"), None),
+        ];
+        for (label, field) in selectors {
+            let s = Selectors::parse(label, field).unwrap();
+            let key = s.index_key();
+            if label == Some("app in (web)") {
+                assert_eq!(key, None, "no equality to index by");
+            }
+            for o in &objects {
+                if let (true, Some(key)) = (s.matches(o), &key) {
+                    assert_eq!(
+                        field_text(o, &key.path),
+                        key.value,
+                        "{label:?} {field:?} on {o}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -21,6 +21,7 @@
 mod authz;
 mod discovery;
 mod faults;
+mod pipe;
 mod resources;
 mod route;
 mod table;
@@ -40,13 +41,14 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument as _, debug, warn};
 
 pub use faults::{Faults, FaultsRequest, FaultsSnapshot, Verb};
+pub use pipe::{Pipe, PipeConnector, client as pipe_client};
 pub use tls::TlsError;
 pub use usage::UsageCounts;
 
@@ -145,6 +147,7 @@ pub struct ApiServer {
     ca_pem: String,
     stop: signal::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    pipes: PipeConnector,
 }
 
 impl ApiServer {
@@ -177,8 +180,9 @@ impl ApiServer {
         });
         let (stop, stopped) = signal::channel(false);
         let acceptor = TlsAcceptor::from(tls.config);
+        let (pipes, piped) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(
-            accept_loop(listener, acceptor, shared.clone(), stopped)
+            accept_loop(listener, piped, acceptor, shared.clone(), stopped)
                 .instrument(tracing::info_span!("apiserver", %addr)),
         );
         debug!(%addr, "dev cluster API server listening");
@@ -187,6 +191,7 @@ impl ApiServer {
             ca_pem: tls.ca_pem,
             stop,
             task: Some(task),
+            pipes: PipeConnector(pipes),
         })
     }
 
@@ -204,6 +209,12 @@ impl ApiServer {
     /// The CA that signed the serving certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// Connections to this server that use no socket, for clients in this process (see
+    /// [`pipe_client`]).
+    pub fn pipe_connector(&self) -> PipeConnector {
+        self.pipes.clone()
     }
 
     pub fn faults(&self) -> Arc<Faults> {
@@ -267,6 +278,7 @@ impl Drop for ApiServer {
 
 async fn accept_loop(
     listener: TcpListener,
+    mut piped: tokio::sync::mpsc::UnboundedReceiver<tokio::io::DuplexStream>,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     mut stopped: signal::Receiver<bool>,
@@ -288,6 +300,10 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some(pipe) = piped.recv() => {
+                let span = tracing::debug_span!("connection", peer = "pipe");
+                connections.spawn(serve_connection(pipe, acceptor.clone(), shared.clone()).instrument(span));
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
@@ -320,7 +336,10 @@ impl ConnectionUsers {
 #[error("connection cut: user {0} is partitioned from the API server")]
 struct ConnectionCut(String);
 
-async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+async fn serve_connection<S>(tcp: S, acceptor: TlsAcceptor, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

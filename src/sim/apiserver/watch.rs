@@ -76,7 +76,7 @@ fn response(body: Body) -> Response<Body> {
 
 /// Start a watch: the response whose body streams the events.
 pub(super) fn start(shared: &Arc<Shared>, req: WatchRequest) -> Result<Response<Body>, ApiError> {
-    let started = match shared.store.watch(&req.rt.key(), req.from) {
+    let started = match shared.store.watch(&req.rt.key(), req.from, &req.selectors) {
         Ok(started) => started,
         Err(e) if e.code == 410 => {
             debug!(resource = %req.rt.qualified(), "watch from a compacted resourceVersion: 410 in an ERROR event");

@@ -12,7 +12,7 @@ mod generated;
 mod watch;
 mod write;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ pub use watch::{WatchFrom, WatchStart};
 
 use super::error::ApiError;
 use super::resource::{ResourceKey, ResourceType};
-use super::selector::Selectors;
+use super::selector::{IndexKey, Selectors, field_text};
 
 /// How many changes the store keeps for watches to resume from.
 pub const DEFAULT_HISTORY: usize = 20_000;
@@ -67,7 +67,67 @@ struct Inner {
     /// One live feed per resource type, made when first watched: a change reaches only the
     /// watches of its type (as the API server's per-resource watch caches do), so thousands of
     /// watches of other types cost nothing.
-    feeds: BTreeMap<ResourceKey, broadcast::Sender<Arc<Change>>>,
+    feeds: BTreeMap<ResourceKey, Feed>,
+    /// Objects by the value at a field path, per resource type: built when a list first
+    /// requires an equality on the path (a kubelet listing its node's pods), kept by every
+    /// commit after, so such a list reads its own objects instead of all of them.
+    indexes: HashMap<(ResourceKey, Vec<String>), FieldIndex>,
+}
+
+/// Value at a field path → the (namespace, name) of the objects with it.
+type FieldIndex = HashMap<String, BTreeSet<(String, String)>>;
+
+/// The live changes of one resource type. A watch whose selectors require an equality (an
+/// agent's pods by `spec.nodeName`, its grants by node label) reads a feed keyed by that value,
+/// as the API server's watch cache indexes pods by node: a change reaches the watches of the
+/// values it had before and after, not every watch of the type.
+struct Feed {
+    all: broadcast::Sender<Arc<Change>>,
+    /// Field path → wanted value → feed.
+    keyed: HashMap<Vec<String>, HashMap<String, broadcast::Sender<Arc<Change>>>>,
+}
+
+impl Feed {
+    fn new() -> Feed {
+        Feed {
+            all: broadcast::channel(FEED_CAPACITY).0,
+            keyed: HashMap::new(),
+        }
+    }
+
+    fn subscribe(&mut self, index: Option<IndexKey>) -> broadcast::Receiver<Arc<Change>> {
+        let Some(IndexKey { path, value }) = index else {
+            return self.all.subscribe();
+        };
+        let by_value = self.keyed.entry(path).or_default();
+        // Feeds whose watches have all ended go when the next watch of the path starts.
+        by_value.retain(|_, tx| tx.receiver_count() > 0);
+        by_value
+            .entry(value)
+            .or_insert_with(|| broadcast::channel(FEED_CAPACITY).0)
+            .subscribe()
+    }
+
+    fn send(&self, change: &Arc<Change>) {
+        // No receivers is normal (no watches open).
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(change.clone());
+        }
+        for (path, by_value) in &self.keyed {
+            let new = field_text(&change.new, path);
+            if let Some(tx) = by_value.get(new.as_ref()) {
+                let _ = tx.send(change.clone());
+            }
+            if let Some(old) = change.old.as_deref() {
+                let old = field_text(old, path);
+                if old != new
+                    && let Some(tx) = by_value.get(old.as_ref())
+                {
+                    let _ = tx.send(change.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Changes a feed holds for a slow watch before it lags.
@@ -90,6 +150,7 @@ impl Store {
                 compacted: 1,
                 history_limit: history_limit.max(1),
                 feeds: BTreeMap::new(),
+                indexes: HashMap::new(),
             }),
         });
         for rt in super::resource::builtin_types() {
@@ -130,6 +191,7 @@ impl Store {
         let mut inner = self.lock();
         inner.types.remove(key);
         inner.objects.remove(key);
+        inner.indexes.retain(|(of, _), _| of != key);
     }
 
     pub fn resource_types(&self) -> Vec<ResourceType> {
@@ -181,13 +243,41 @@ impl Store {
         ns: Option<&str>,
         selectors: &Selectors,
     ) -> Result<(Vec<Arc<Value>>, u64), ApiError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let rt = inner.served(key)?;
         let ns = if rt.namespaced { ns } else { None };
-        let items = inner.objects[key]
-            .iter()
-            .filter(|((obj_ns, _), _)| ns.is_none_or(|n| n == obj_ns))
-            .filter(|(_, obj)| selectors.matches(obj))
+        let keep = |(obj_ns, _): &(String, String), obj: &Value| {
+            ns.is_none_or(|n| n == obj_ns) && selectors.matches(obj)
+        };
+        let Some(IndexKey { path, value }) = selectors.index_key() else {
+            let items = inner.objects[key]
+                .iter()
+                .filter(|(id, obj)| keep(id, obj))
+                .map(|(_, obj)| obj.clone())
+                .collect();
+            return Ok((items, inner.rv));
+        };
+        let inner = &mut *inner;
+        let objects = &inner.objects[key];
+        let index = inner
+            .indexes
+            .entry((key.clone(), path.clone()))
+            .or_insert_with(|| {
+                let mut index = FieldIndex::new();
+                for (id, obj) in objects {
+                    index
+                        .entry(field_text(obj, &path).into_owned())
+                        .or_default()
+                        .insert(id.clone());
+                }
+                index
+            });
+        let items = index
+            .get(&value)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| objects.get_key_value(id))
+            .filter(|(id, obj)| keep(id, obj))
             .map(|(_, obj)| obj.clone())
             .collect();
         Ok((items, inner.rv))
@@ -218,6 +308,22 @@ impl Inner {
         new: Arc<Value>,
     ) {
         self.rv = rv;
+        for ((of, path), index) in self.indexes.iter_mut() {
+            if of != key {
+                continue;
+            }
+            if let Some(old) = old.as_deref()
+                && let Some(ids) = index.get_mut(field_text(old, path).as_ref())
+            {
+                ids.remove(&id);
+            }
+            if kind != ChangeKind::Deleted {
+                index
+                    .entry(field_text(&new, path).into_owned())
+                    .or_default()
+                    .insert(id.clone());
+            }
+        }
         let objects = self.objects.entry(key.clone()).or_default();
         match kind {
             ChangeKind::Deleted => objects.remove(&id),
@@ -236,9 +342,8 @@ impl Inner {
                 self.compacted = dropped.rv;
             }
         }
-        // No feed or no receivers is normal (no watches open).
         if let Some(feed) = self.feeds.get(key) {
-            let _ = feed.send(change);
+            feed.send(&change);
         }
     }
 }
@@ -255,5 +360,109 @@ impl ResourceType {
             ))),
             (false, _) => Ok(String::new()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::store::watch::WatchFrom;
+
+    fn pods() -> ResourceKey {
+        ResourceKey::core("pods")
+    }
+
+    fn names(items: &[Arc<Value>]) -> Vec<&str> {
+        items
+            .iter()
+            .filter_map(|o| o.pointer("/metadata/name").and_then(Value::as_str))
+            .collect()
+    }
+
+    fn on_node(store: &Store, node: &str) -> Vec<String> {
+        let selectors = Selectors::parse(None, Some(&format!("spec.nodeName={node}"))).unwrap();
+        let (items, _) = store.list(&pods(), None, &selectors).unwrap();
+        names(&items).into_iter().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_list_by_an_indexed_field_follows_creates_moves_and_deletes() {
+        let store = Store::new(100);
+        for (name, node) in [("a", "n1"), ("b", "n2")] {
+            store
+                .create(
+                    &pods(),
+                    Some("default"),
+                    json!({"metadata": {"name": name}, "spec": {"nodeName": node}}),
+                )
+                .unwrap();
+        }
+        assert_eq!(
+            on_node(&store, "n1"),
+            ["a"],
+            "the index built from what is there"
+        );
+        store
+            .create(
+                &pods(),
+                Some("kube-system"),
+                json!({"metadata": {"name": "c"}, "spec": {"nodeName": "n1"}}),
+            )
+            .unwrap();
+        store
+            .modify(&pods(), Some("default"), "b", Subresource::Main, |o| {
+                o["spec"]["nodeName"] = json!("n1")
+            })
+            .unwrap();
+        assert_eq!(on_node(&store, "n1"), ["a", "b", "c"]);
+        assert!(on_node(&store, "n2").is_empty(), "b moved away");
+        store.delete(&pods(), Some("default"), "a", None).unwrap();
+        assert_eq!(on_node(&store, "n1"), ["b", "c"]);
+        let selectors = Selectors::parse(None, Some("spec.nodeName=n1")).unwrap();
+        let (items, _) = store.list(&pods(), Some("default"), &selectors).unwrap();
+        assert_eq!(names(&items), ["b"], "the namespace still filters");
+    }
+
+    #[test]
+    fn a_keyed_watch_sees_the_changes_to_its_value_before_and_after() {
+        let store = Store::new(100);
+        let selectors = Selectors::parse(None, Some("spec.nodeName=n1")).unwrap();
+        let mut watch = store
+            .watch(&pods(), WatchFrom::Current, &selectors)
+            .unwrap()
+            .live;
+        let mut all = store
+            .watch(&pods(), WatchFrom::Current, &Selectors::default())
+            .unwrap()
+            .live;
+        store
+            .create(
+                &pods(),
+                Some("default"),
+                json!({"metadata": {"name": "x"}, "spec": {"nodeName": "n2"}}),
+            )
+            .unwrap();
+        store
+            .modify(&pods(), Some("default"), "x", Subresource::Main, |o| {
+                o["spec"]["nodeName"] = json!("n1")
+            })
+            .unwrap();
+        store
+            .modify(&pods(), Some("default"), "x", Subresource::Main, |o| {
+                o["spec"]["nodeName"] = json!("n3")
+            })
+            .unwrap();
+        let got: Vec<&str> = std::iter::from_fn(|| watch.try_recv().ok())
+            .map(|c| {
+                c.event_for(&pods(), None, &selectors)
+                    .map_or("none", |(kind, _)| kind)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            ["ADDED", "DELETED"],
+            "moved onto n1, then away; its creation on n2 not sent"
+        );
+        assert_eq!(std::iter::from_fn(|| all.try_recv().ok()).count(), 3);
     }
 }

@@ -30,16 +30,22 @@ pub struct WatchStart {
 }
 
 impl Store {
-    /// Start a watch on a type: the history to replay (or the current objects), then the feed.
-    /// The caller filters by namespace and selectors with [`Change::event_for`].
-    pub fn watch(&self, key: &ResourceKey, from: WatchFrom) -> Result<WatchStart, ApiError> {
+    /// Start a watch on a type: the history to replay (or the current objects), then the feed
+    /// (only the changes `selectors` may match, where they require an equality). The caller
+    /// filters by namespace and selectors with [`Change::event_for`].
+    pub fn watch(
+        &self,
+        key: &ResourceKey,
+        from: WatchFrom,
+        selectors: &Selectors,
+    ) -> Result<WatchStart, ApiError> {
         let mut inner = self.lock();
         inner.served(key)?;
         let live = inner
             .feeds
             .entry(key.clone())
-            .or_insert_with(|| broadcast::channel(super::FEED_CAPACITY).0)
-            .subscribe();
+            .or_insert_with(super::Feed::new)
+            .subscribe(selectors.index_key());
         let replay = match from {
             WatchFrom::Current => inner.objects[key]
                 .values()

@@ -7,6 +7,7 @@ mod auth;
 mod crud;
 mod faults;
 mod patch;
+mod pipe;
 mod selectors;
 mod status;
 mod tables_and_discovery;
