@@ -20,8 +20,9 @@ pub struct Args {
     /// Only start the dev cluster and keep it running for kubectl (prints the kubeconfig path).
     #[arg(long)]
     serve: bool,
-    /// Number of simulated nodes.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=2000))]
+    /// Number of simulated nodes (with `--agents processes`, one process each: past a few
+    /// hundred, use `--agents tasks`).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=10000))]
     nodes: u16,
     /// The StaticPod's maxUnavailable (a number or a percentage).
     #[arg(long, default_value = "3", value_name = "N|P%")]
