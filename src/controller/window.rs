@@ -115,10 +115,18 @@ pub fn decide(input: &Input) -> Decision {
         ..Decision::default()
     };
     let mut already_current = BTreeSet::new();
+    // A node whose pod now runs another hash (a bundle applied offline, a hand edit) is no
+    // longer what its `current` record says: the record goes, and the node is upgraded again.
+    let runs_another_hash = |node: &str| {
+        input
+            .members
+            .iter()
+            .any(|m| m.node == node && m.hash.as_deref().is_some_and(|h| h != input.hash))
+    };
     for g in input.grants {
         let current = g.hash == input.hash;
         match &g.state {
-            GrantState::Current if current => {
+            GrantState::Current if current && !runs_another_hash(&g.node) => {
                 already_current.insert(g.node.clone());
             }
             // A holder counts whether its pod shows or not (kubelet may be replacing it); a
@@ -507,6 +515,23 @@ mod tests {
         ];
         let d = decide_with(&members, &grants, controls(2), false);
         assert_eq!(d.phase, Phase::Complete);
+    }
+
+    #[test]
+    fn a_current_record_goes_when_the_node_runs_another_hash_since() {
+        // n00 was found current (hand-placed), then a bundle applied offline moved it to
+        // another hash: the record is stale, and n00 is upgraded again.
+        let mut members = fleet(2);
+        members[0].hash = Some("old".into());
+        members[1].hash = None;
+        let grants = [
+            grant_state("n00", GrantState::Current),
+            grant_state("n01", GrantState::Current),
+        ];
+        let d = decide_with(&members, &grants, controls(2), false);
+        assert_eq!(d.delete, vec!["n00"], "{d:?}");
+        assert_eq!(d.grant, vec!["n00"]);
+        assert_eq!(d.phase, Phase::Progressing);
     }
 
     #[test]
