@@ -187,17 +187,27 @@ pub(super) fn watch_manifest_dir(
     changed: Arc<Notify>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let watched = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| changes_manifests(&e)) {
             changed.notify_one();
         }
     })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch the manifest directory; relying on periodic passes"))
-    .ok()?;
-    match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-        Ok(()) => Some(watcher),
+    .and_then(|mut watcher| {
+        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    });
+    match watched {
+        Ok(watcher) => Some(watcher),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the manifest directory; relying on periodic passes");
+            // Once per process: the demo's thousand agent tasks share the per-user inotify
+            // limit, and the same line a thousand times would say nothing more.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the manifest directory; relying on periodic passes");
+            } else {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot watch the manifest directory; relying on periodic passes");
+            }
             None
         }
     }
