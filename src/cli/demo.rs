@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use staticpod_puller::config::HumanDuration;
 
-/// How the demo runs its agents.
+/// How the demo runs its agents. Its own enum, not the dev cluster's `AgentMode`: the
+/// arguments parse in packaged builds too, which carry no dev cluster.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Agents {
     /// One `staticpod-puller run` process per node, as users run it.

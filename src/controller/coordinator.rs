@@ -3,11 +3,10 @@
 //! purpose: every decision is the pure function's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -257,8 +256,44 @@ impl Coordinator {
         // Deletes first (a node may be granted again under the same name in this pass), then
         // grants; each batch in parallel: a wave of a thousand-node fleet is a hundred grants,
         // and one at a time they would hold it up for seconds.
+        self.delete(key, &held, &decision.delete, now).await;
+        self.grant(rollout, &decision.grant, now).await;
+        if decision.phase == Phase::Halted
+            && self
+                .halts_reported
+                .insert((rollout.key.clone(), rollout.hash.to_string()))
+        {
+            let failed = super::status::names(
+                &decision
+                    .failed
+                    .iter()
+                    .map(|(n, r)| format!("{n} ({r})"))
+                    .collect::<Vec<_>>(),
+            );
+            let message = format!(
+                "rollout of {} halted: {} of maxFailed {} members rolled it back: {failed}; fix the template, or `staticpod-puller rollout retry`",
+                rollout.hash,
+                decision.failed.len(),
+                decision.failure_budget
+            );
+            tracing::warn!(%message, "rollout halted");
+            self.events
+                .emit(rollout.key, rollout.uid, Reason::RolloutHalted, &message)
+                .await;
+        }
+        decision
+    }
+    /// Delete the grants of `key` held by `nodes`, each only if it is still the one decided
+    /// about (a uid precondition).
+    async fn delete(
+        &mut self,
+        key: &ObjectKey,
+        held: &BTreeMap<String, Held>,
+        nodes: &[String],
+        now: Instant,
+    ) {
         let mut deletes = Vec::new();
-        for node in &decision.delete {
+        for node in nodes {
             let Some(Held { uid, view }) = held.get(node) else {
                 continue;
             };
@@ -267,7 +302,7 @@ impl Coordinator {
                 tracing::warn!(node = %node, "grant expired unused: the node's agent is gone or cut off; passing it over for now");
                 self.stalled.insert((key.clone(), node.clone()), now);
             }
-            let name = grant::lease_name(rollout.key, node);
+            let name = grant::lease_name(key, node);
             // Only the grant decided about: a newer one of the same name stays.
             let params = DeleteParams {
                 preconditions: Some(kube::api::Preconditions {
@@ -299,8 +334,12 @@ impl Coordinator {
                 Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
             }
         }
-        let creates: Vec<_> = decision
-            .grant
+    }
+
+    /// Grant `rollout`'s hash to `nodes`.
+    async fn grant(&mut self, rollout: &Rollout<'_>, nodes: &[String], now: Instant) {
+        let key = rollout.key;
+        let creates: Vec<_> = nodes
             .iter()
             .map(|node| {
                 let lease = grant::lease(rollout.key, node, rollout.hash, self.lease_duration);
@@ -334,30 +373,6 @@ impl Coordinator {
                 Err(e) => tracing::warn!(node = %node, error = %e, "creating a grant"),
             }
         }
-        if decision.phase == Phase::Halted
-            && self
-                .halts_reported
-                .insert((rollout.key.clone(), rollout.hash.to_string()))
-        {
-            let failed = super::status::names(
-                &decision
-                    .failed
-                    .iter()
-                    .map(|(n, r)| format!("{n} ({r})"))
-                    .collect::<Vec<_>>(),
-            );
-            let message = format!(
-                "rollout of {} halted: {} of maxFailed {} members rolled it back: {failed}; fix the template, or `staticpod-puller rollout retry`",
-                rollout.hash,
-                decision.failed.len(),
-                decision.failure_budget
-            );
-            tracing::warn!(%message, "rollout halted");
-            self.events
-                .emit(rollout.key, rollout.uid, Reason::RolloutHalted, &message)
-                .await;
-        }
-        decision
     }
 }
 

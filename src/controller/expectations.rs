@@ -3,7 +3,7 @@
 //! nor count a grant it deleted. By uid: a grant handed out again has the name of the one
 //! deleted before it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,7 +39,8 @@ impl Expectations {
         cached: &[Held],
         now: Instant,
     ) -> BTreeMap<String, Held> {
-        let shown = |uid: &str| cached.iter().any(|h| h.uid == uid);
+        let shown: HashSet<&str> = cached.iter().map(|h| h.uid.as_str()).collect();
+        let shown = |uid: &str| shown.contains(uid);
         // Expectations end when the cache agrees, or after the timeout.
         self.created.retain(|uid, (of, _, at)| {
             of != key || (!shown(uid) && now.duration_since(*at) < TIMEOUT)

@@ -254,10 +254,10 @@ impl Grants {
         &self,
         grant: &Grant,
         action: &'static str,
-        ops: serde_json::Value,
+        ops: Vec<serde_json::Value>,
     ) -> Result<bool, GrantError> {
         let mut patch = vec![json!({"op": "test", "path": "/metadata/uid", "value": grant.uid})];
-        patch.extend(ops.as_array().cloned().unwrap_or_default());
+        patch.extend(ops);
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
             .map_err(|e| GrantError::Patch {
                 name: grant.lease_name.clone(),
@@ -285,7 +285,7 @@ impl Grants {
         self.patch_own(
             grant,
             "renewing",
-            json!([{"op": "add", "path": "/spec/renewTime", "value": now}]),
+            vec![json!({"op": "add", "path": "/spec/renewTime", "value": now})],
         )
         .await
     }
@@ -315,10 +315,10 @@ impl Grants {
         self.patch_own(
             grant,
             "finishing",
-            json!([
-                {"op": "add", "path": result, "value": how.annotation()},
-                {"op": "add", "path": "/spec/holderIdentity", "value": null},
-            ]),
+            vec![
+                json!({"op": "add", "path": result, "value": how.annotation()}),
+                json!({"op": "add", "path": "/spec/holderIdentity", "value": null}),
+            ],
         )
         .await
         .map(|_| ())

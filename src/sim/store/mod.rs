@@ -297,7 +297,6 @@ impl Inner {
             .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         rv: u64,
