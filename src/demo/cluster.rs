@@ -1,5 +1,5 @@
-//! The demo's dev cluster: started with the CRDs, the agents' namespace and RBAC, and kubelet
-//! timings that make the rollout's ideal duration easy to state.
+//! The demo's dev cluster: started with the CRDs, the agents' namespace, RBAC and admission
+//! policy, and kubelet timings that make the rollout's ideal duration easy to state.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crate::sim::cluster::{DevCluster, DevClusterOptions};
 use crate::sim::kubelet::Timings;
 
 /// The shipped cluster manifests the demo applies (the files an operator applies).
-const CLUSTER_MANIFESTS: [(&str, &str); 2] = [
+const CLUSTER_MANIFESTS: [(&str, &str); 3] = [
     (
         "config/00-namespace.yaml",
         include_str!("../../config/00-namespace.yaml"),
@@ -20,9 +20,14 @@ const CLUSTER_MANIFESTS: [(&str, &str); 2] = [
         "config/10-rbac-agent.yaml",
         include_str!("../../config/10-rbac-agent.yaml"),
     ),
+    (
+        "config/30-admission-policy.yaml",
+        include_str!("../../config/30-admission-policy.yaml"),
+    ),
 ];
 
-/// The objects every demo cluster starts with: the CRDs, the agents' namespace and RBAC.
+/// The objects every demo cluster starts with: the CRDs, the agents' namespace and RBAC, and
+/// the admission policy that holds each agent to its own node.
 pub fn bootstrap_objects() -> Result<Vec<Value>, DemoError> {
     let mut objects = Vec::new();
     for crd in resources::crds() {

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod object;
+mod schema;
 pub mod validate;
 
 pub use object::{Kind, ObjectKey, Refusal};
@@ -21,13 +22,15 @@ macro_rules! spec_struct {
         #[serde(rename_all = "camelCase")]
         pub struct $name {
             /// The manifest file name in the node's manifest directory, without `.yaml`.
+            #[schemars(schema_with = "schema::manifest_name")]
             pub static_pod_manifest: String,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub upgrade_strategy: Option<UpgradeStrategy>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(schema_with = "schema::history_limit")]
             pub revision_history_limit: Option<i32>,
             /// The static pod's template; its name and namespace are the object's.
-            #[schemars(schema_with = "preserve_unknown_schema")]
+            #[schemars(schema_with = "schema::template")]
             pub template: PodTemplateSpec,
         }
     };
@@ -157,15 +160,16 @@ impl From<StaticPodSpec> for YurtStaticSetSpec {
 pub struct UpgradeStrategy {
     /// AdvancedRollingUpdate (alias auto) or OTA (alias ota), case-insensitive.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::strategy_type")]
     pub type_: Option<String>,
     /// Members that may upgrade at once: a number or a percentage of members (default 10%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "int_or_string_schema")]
+    #[schemars(schema_with = "schema::max_unavailable")]
     pub max_unavailable: Option<IntOrString>,
     /// Members that may roll back the new template before the rollout halts: a number or a
     /// percentage of members (default: the resolved maxUnavailable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "int_or_string_schema")]
+    #[schemars(schema_with = "schema::max_failed")]
     pub max_failed: Option<IntOrString>,
     /// No new upgrades start while true; those under way finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,7 +178,7 @@ pub struct UpgradeStrategy {
     /// before others); the rest wait until the hash is promoted. A number or a percentage
     /// (default 0: no canary step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "int_or_string_schema")]
+    #[schemars(schema_with = "schema::canary")]
     pub canary: Option<IntOrString>,
 }
 
@@ -216,17 +220,6 @@ pub struct StatusCondition {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-}
-
-fn preserve_unknown_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true,
-    })
-}
-
-fn int_or_string_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
 }
 
 /// A spec field with an invalid value: which field, and why.

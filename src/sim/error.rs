@@ -23,6 +23,11 @@ impl ApiError {
         }
     }
 
+    /// An error as admission words it: its own code, reason, message and details.
+    pub fn with_details(code: u16, reason: &'static str, message: String, details: Value) -> Self {
+        Self::new(code, reason, message, details)
+    }
+
     fn details(rt: &ResourceType, name: &str) -> Value {
         let mut d = json!({"name": name, "kind": rt.plural});
         if !rt.group.is_empty() {

@@ -70,6 +70,51 @@ impl Selectors {
         Ok(sel)
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`), as admission
+    /// bindings and policies write them; absent or empty selects everything.
+    pub fn from_label_selector(selector: &Value) -> Result<Self, String> {
+        let mut sel = Selectors::default();
+        if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
+            for (k, v) in labels {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| format!("matchLabels.{k}: expected a string"))?;
+                sel.labels
+                    .push(LabelRequirement::Equals(k.clone(), v.to_string()));
+            }
+        }
+        for (i, e) in selector
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let key = e["key"]
+                .as_str()
+                .ok_or_else(|| format!("matchExpressions[{i}].key: required"))?
+                .to_string();
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            sel.labels.push(match e["operator"].as_str() {
+                Some("In") => LabelRequirement::In(key, values),
+                Some("NotIn") => LabelRequirement::NotIn(key, values),
+                Some("Exists") => LabelRequirement::Exists(key),
+                Some("DoesNotExist") => LabelRequirement::NotExists(key),
+                other => {
+                    return Err(format!(
+                        "matchExpressions[{i}].operator: expected In, NotIn, Exists or DoesNotExist, got {other:?}"
+                    ));
+                }
+            });
+        }
+        Ok(sel)
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");
         let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);

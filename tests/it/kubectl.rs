@@ -1,29 +1,9 @@
 //! The real kubectl against `staticpod-puller demo --serve`: what an operator sees.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Proc, repo_path, wait_for};
-
-const SEED_STATICPOD: &str = "\
-apiVersion: apps.openyurt.io/v1alpha1
-kind: StaticPod
-metadata:
-  name: nginx
-spec:
-  staticPodManifest: nginx
-  upgradeStrategy:
-    type: AdvancedRollingUpdate
-    maxUnavailable: 3
-  template:
-    metadata:
-      name: nginx
-    spec:
-      containers:
-      - name: web
-        image: nginx:1.19.1
-";
+use crate::support::{Kubectl, Proc, SEED_STATICPOD, repo_path, wait_for};
 
 const SEED_MANIFEST: &str = "\
 apiVersion: v1
@@ -35,35 +15,6 @@ spec:
   - name: web
     image: nginx:1.19.1
 ";
-
-struct Kubectl<'a> {
-    kubeconfig: &'a str,
-}
-
-impl Kubectl<'_> {
-    fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig)
-            .env("HOME", std::env::temp_dir())
-            .output()
-            .map_err(|e| format!("running kubectl: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(format!(
-                "kubectl {args:?} failed: {}{}",
-                stdout,
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.run(args).unwrap_or_else(|e| panic!("{e}"))
-    }
-}
 
 fn header(table: &str) -> Vec<String> {
     table
@@ -127,8 +78,8 @@ fn kubectl_works_against_the_dev_cluster() {
         "serviceaccount/staticpod-puller-controller created",
         "clusterrole.rbac.authorization.k8s.io/staticpod-puller-controller created",
         "deployment.apps/staticpod-puller-controller created",
-        "validatingadmissionpolicy.admissionregistration.k8s.io/staticpod-puller-agent-own-node created",
-        "validatingadmissionpolicybinding.admissionregistration.k8s.io/staticpod-puller-agent-own-node created",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/staticpod-puller-agent-own-node",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/staticpod-puller-agent-own-node",
     ] {
         assert!(
             applied.contains(expected),

@@ -1,5 +1,6 @@
 //! End-to-end tests: one test binary (linking once on 2 cores), one module per area.
 
+mod admission;
 mod agent;
 mod bundle_cli;
 mod bundle_hostile;

@@ -109,3 +109,53 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// The real kubectl with one kubeconfig.
+pub struct Kubectl<'a> {
+    pub kubeconfig: &'a str,
+}
+
+impl Kubectl<'_> {
+    pub fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig)
+            .env("HOME", std::env::temp_dir())
+            .output()
+            .map_err(|e| format!("running kubectl: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "kubectl {args:?} failed: {}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.run(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// The seed's StaticPod, as the OpenYurt guide writes it.
+pub const SEED_STATICPOD: &str = "\
+apiVersion: apps.openyurt.io/v1alpha1
+kind: StaticPod
+metadata:
+  name: nginx
+spec:
+  staticPodManifest: nginx
+  upgradeStrategy:
+    type: AdvancedRollingUpdate
+    maxUnavailable: 3
+  template:
+    metadata:
+      name: nginx
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.19.1
+";

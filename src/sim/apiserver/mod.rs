@@ -52,6 +52,7 @@ pub use pipe::{Pipe, PipeConnector, client as pipe_client};
 pub use tls::TlsError;
 pub use usage::UsageCounts;
 
+use crate::sim::admission::policy::PolicyCache;
 use crate::sim::error::ApiError;
 use crate::sim::store::Store;
 use route::{Public, Route};
@@ -118,6 +119,8 @@ struct Shared {
     requests: Mutex<HashMap<String, u64>>,
     usage: usage::Usage,
     addr: SocketAddr,
+    /// ValidatingAdmissionPolicies, compiled once per resourceVersion.
+    policies: PolicyCache,
 }
 
 impl Shared {
@@ -177,6 +180,7 @@ impl ApiServer {
             requests: Mutex::new(HashMap::new()),
             usage: usage::Usage::default(),
             addr,
+            policies: PolicyCache::default(),
         });
         let (stop, stopped) = signal::channel(false);
         let acceptor = TlsAcceptor::from(tls.config);

@@ -17,9 +17,11 @@ use super::authz::{self, Attributes};
 use super::faults::Verb;
 use super::route::{Format, ResourcePath, negotiate};
 use super::{Identity, Shared, json_response, table, watch};
+use crate::sim::admission::Admit;
+use crate::sim::admission::policy::PolicyAdmission;
 use crate::sim::error::ApiError;
 use crate::sim::patch::PatchKind;
-use crate::sim::resource::ResourceType;
+use crate::sim::resource::{ResourceKey, ResourceType};
 use crate::sim::selector::Selectors;
 use crate::sim::store::{Subresource, WatchFrom};
 
@@ -90,10 +92,7 @@ async fn serve(
     let store = &shared.store;
     let not_found = || ApiError::not_found_path(&path.describe());
     let rt = store
-        .resource_type(&crate::sim::resource::ResourceKey::new(
-            &path.group,
-            &path.plural,
-        ))
+        .resource_type(&ResourceKey::new(&path.group, &path.plural))
         .filter(|t| t.version == path.version)
         .ok_or_else(not_found)?;
     if path.namespace.is_some() && !rt.namespaced {
@@ -187,6 +186,18 @@ async fn serve(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok());
     let format = negotiate(accept, q("includeObject"));
+    let admission = match action {
+        Action::Create
+        | Action::Update
+        | Action::Patch
+        | Action::Delete
+        | Action::DeleteCollection => Some(policy_admission(shared, id, ns)?),
+        _ => None,
+    };
+    let admit: &dyn Admit = match &admission {
+        Some(a) => a,
+        None => &(),
+    };
     let selectors = || {
         Selectors::parse(q("labelSelector"), q("fieldSelector"))
             .map_err(|e| ApiError::bad_request(&e))
@@ -245,12 +256,12 @@ async fn serve(
         }
         Action::Create => {
             let obj = object.unwrap_or(Value::Null);
-            let created = store.create(&rt.key(), ns, obj)?;
+            let created = store.create_with(&rt.key(), ns, obj, admit)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         Action::Update => {
             let obj = object.unwrap_or(Value::Null);
-            let updated = store.update(&rt.key(), ns, name, obj, sub)?;
+            let updated = store.update_with(&rt.key(), ns, name, obj, sub, admit)?;
             Ok(json_response(StatusCode::OK, &updated))
         }
         Action::Patch => {
@@ -261,12 +272,12 @@ async fn serve(
                 .unwrap_or_default();
             let kind = PatchKind::from_content_type(content_type)
                 .ok_or_else(|| unsupported_patch(content_type))?;
-            let patched = store.patch(&rt.key(), ns, name, kind, &bytes, sub)?;
+            let patched = store.patch_with(&rt.key(), ns, name, kind, &bytes, sub, admit)?;
             Ok(json_response(StatusCode::OK, &patched))
         }
         Action::Delete => {
             let preconditions = delete_options.as_ref().and_then(|o| o.get("preconditions"));
-            let deleted = store.delete(&rt.key(), ns, name, preconditions)?;
+            let deleted = store.delete_with(&rt.key(), ns, name, preconditions, admit)?;
             Ok(json_response(StatusCode::OK, &deleted))
         }
         Action::DeleteCollection => {
@@ -276,7 +287,7 @@ async fn serve(
                 let item_ns =
                     crate::sim::store::meta_str(&item, "namespace").filter(|n| !n.is_empty());
                 let item_name = crate::sim::store::meta_str(&item, "name").unwrap_or_default();
-                match store.delete(&rt.key(), item_ns, item_name, None) {
+                match store.delete_with(&rt.key(), item_ns, item_name, None, admit) {
                     Ok(obj) => deleted.push(obj),
                     // Deleted meanwhile by someone else: nothing left to do.
                     Err(e) if e.code == 404 => {}
@@ -291,6 +302,37 @@ async fn serve(
             ))
         }
     }
+}
+
+/// The ValidatingAdmissionPolicies bound in the cluster, for a write by `id` in namespace `ns`.
+fn policy_admission(
+    shared: &Shared,
+    id: &Identity,
+    ns: Option<&str>,
+) -> Result<PolicyAdmission, ApiError> {
+    let store = &shared.store;
+    let everything = Selectors::default();
+    let group = "admissionregistration.k8s.io";
+    let (policies, _) = store.list(
+        &ResourceKey::new(group, "validatingadmissionpolicies"),
+        None,
+        &everything,
+    )?;
+    let (bindings, _) = store.list(
+        &ResourceKey::new(group, "validatingadmissionpolicybindings"),
+        None,
+        &everything,
+    )?;
+    let namespace_object = match ns {
+        Some(ns) if !bindings.is_empty() => store
+            .get(&ResourceKey::core("namespaces"), None, ns)
+            .ok()
+            .map(|o| (*o).clone()),
+        _ => None,
+    };
+    Ok(shared
+        .policies
+        .admission(&policies, &bindings, &id.user, &id.groups, namespace_object))
 }
 
 fn dry_run_unsupported() -> ApiError {

@@ -5,16 +5,28 @@ use serde_json::{Value, json};
 use super::fields::{meta_str, set_field};
 use super::generated::now_rfc3339;
 use super::{Store, Subresource};
+use crate::sim::admission::crd_rules::SchemaRules;
 use crate::sim::error::ApiError;
 use crate::sim::resource::{ResourceKey, ResourceType};
 
 impl Store {
+    fn set_rules(&self, key: &ResourceKey, rules: Option<SchemaRules>) {
+        let mut inner = self.lock();
+        match rules {
+            Some(r) => inner.rules.insert(key.clone(), std::sync::Arc::new(r)),
+            None => inner.rules.remove(key),
+        };
+    }
+
     /// A CRD was created or changed: serve (or re-serve) the resource it defines and mark it
     /// Established, as the API server does.
     pub(super) fn crd_written(&self, crd: &Value) -> Result<(), ApiError> {
         let Some(rt) = ResourceType::from_crd(crd) else {
             return Ok(());
         };
+        let rules =
+            SchemaRules::compile(crd, &rt.version).map_err(|e| ApiError::invalid(&rt, "", &e))?;
+        self.set_rules(&rt.key(), rules);
         self.register(rt);
         let name = meta_str(crd, "name").unwrap_or_default().to_string();
         let established = crd
@@ -44,6 +56,18 @@ impl Store {
         })?;
         Ok(())
     }
+}
+
+/// Refuse a CRD whose validation rules do not compile, as the API server does (before it is
+/// stored).
+pub(super) fn check_crd_rules(crds: &ResourceType, crd: &Value) -> Result<(), ApiError> {
+    let Some(rt) = ResourceType::from_crd(crd) else {
+        return Ok(());
+    };
+    let name = meta_str(crd, "name").unwrap_or_default();
+    SchemaRules::compile(crd, &rt.version)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(crds, name, &e))
 }
 
 fn crd_storage_version(crd: &Value) -> Value {

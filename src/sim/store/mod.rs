@@ -23,6 +23,7 @@ pub use generated::now_rfc3339;
 pub(super) use generated::random_bytes;
 pub use watch::{WatchFrom, WatchStart};
 
+use super::admission::crd_rules::SchemaRules;
 use super::error::ApiError;
 use super::resource::{ResourceKey, ResourceType};
 use super::selector::{IndexKey, Selectors, field_text};
@@ -72,6 +73,8 @@ struct Inner {
     /// requires an equality on the path (a kubelet listing its node's pods), kept by every
     /// commit after, so such a list reads its own objects instead of all of them.
     indexes: HashMap<(ResourceKey, Vec<String>), FieldIndex>,
+    /// The validation rules of each custom resource whose CRD has any, compiled.
+    rules: HashMap<ResourceKey, Arc<SchemaRules>>,
 }
 
 /// Value at a field path → the (namespace, name) of the objects with it.
@@ -151,6 +154,7 @@ impl Store {
                 history_limit: history_limit.max(1),
                 feeds: BTreeMap::new(),
                 indexes: HashMap::new(),
+                rules: HashMap::new(),
             }),
         });
         for rt in super::resource::builtin_types() {
@@ -192,6 +196,7 @@ impl Store {
         inner.types.remove(key);
         inner.objects.remove(key);
         inner.indexes.retain(|(of, _), _| of != key);
+        inner.rules.remove(key);
     }
 
     pub fn resource_types(&self) -> Vec<ResourceType> {

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::crd::check_crd_rules;
 use super::fields::{meta_str, metadata_mut, set_field, set_type_meta, spec_of};
 use super::generated::{new_uid, now_rfc3339, random_suffix};
-use super::{ChangeKind, Store, Subresource};
+use super::{ChangeKind, Inner, Store, Subresource};
+use crate::sim::admission::{self, Admit, Operation, Proposed};
 use crate::sim::error::ApiError;
 use crate::sim::patch::{self, PatchKind};
 use crate::sim::resource::{ResourceKey, ResourceType};
@@ -17,7 +19,18 @@ impl Store {
         &self,
         key: &ResourceKey,
         ns: Option<&str>,
+        obj: Value,
+    ) -> Result<Arc<Value>, ApiError> {
+        self.create_with(key, ns, obj, &())
+    }
+
+    /// POST, with `admit` deciding on the object as it would be stored.
+    pub fn create_with(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
         mut obj: Value,
+        admit: &dyn Admit,
     ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.lock();
         let rt = inner.served(key)?.clone();
@@ -69,6 +82,21 @@ impl Store {
         if rt.has_status {
             reset_status_on_create(&rt, &mut obj);
         }
+        if rt.is_crd() {
+            check_crd_rules(&rt, &obj)?;
+        }
+        inner.check_rules(&rt, &name, &obj, None)?;
+        admit.admit(
+            &rt,
+            &Proposed {
+                operation: Operation::Create,
+                subresource: None,
+                namespace: rt.namespaced.then_some(ns.as_str()),
+                name: &name,
+                object: Some(&obj),
+                old_object: None,
+            },
+        )?;
         let obj = Arc::new(obj);
         inner.commit(rv, key, (ns, name), ChangeKind::Added, None, obj.clone());
         drop(inner);
@@ -87,7 +115,20 @@ impl Store {
         obj: Value,
         sub: Subresource,
     ) -> Result<Arc<Value>, ApiError> {
-        self.write(key, ns, name, sub, |_rt, _current| Ok(obj))
+        self.update_with(key, ns, name, obj, sub, &())
+    }
+
+    /// PUT, with `admit` deciding on the object as it would be stored.
+    pub fn update_with(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+        sub: Subresource,
+        admit: &dyn Admit,
+    ) -> Result<Arc<Value>, ApiError> {
+        self.write(key, ns, name, sub, admit, |_rt, _current| Ok(obj))
     }
 
     /// PATCH: apply a JSON merge, JSON, or strategic merge patch to the current object.
@@ -100,7 +141,22 @@ impl Store {
         body: &[u8],
         sub: Subresource,
     ) -> Result<Arc<Value>, ApiError> {
-        self.write(key, ns, name, sub, |rt, current| {
+        self.patch_with(key, ns, name, kind, body, sub, &())
+    }
+
+    /// PATCH, with `admit` deciding on the patched object.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_with(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        body: &[u8],
+        sub: Subresource,
+        admit: &dyn Admit,
+    ) -> Result<Arc<Value>, ApiError> {
+        self.write(key, ns, name, sub, admit, |rt, current| {
             if kind == PatchKind::Strategic && !rt.builtin {
                 return Err(ApiError::unsupported_media_type(
                     "strategic merge patch is not supported for custom resources",
@@ -125,7 +181,7 @@ impl Store {
         sub: Subresource,
         f: impl FnOnce(&mut Value),
     ) -> Result<Arc<Value>, ApiError> {
-        self.write(key, ns, name, sub, |_rt, current| {
+        self.write(key, ns, name, sub, &(), |_rt, current| {
             let mut next = current.clone();
             f(&mut next);
             Ok(next)
@@ -138,6 +194,7 @@ impl Store {
         ns: Option<&str>,
         name: &str,
         sub: Subresource,
+        admit: &dyn Admit,
         next: impl FnOnce(&ResourceType, &Value) -> Result<Value, ApiError>,
     ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.lock();
@@ -215,6 +272,23 @@ impl Store {
         };
         let mut merged = merged;
         metadata_mut(&mut merged)?.insert("resourceVersion".into(), json!(current_rv));
+        if sub == Subresource::Main {
+            if rt.is_crd() {
+                check_crd_rules(&rt, &merged)?;
+            }
+            inner.check_rules(&rt, name, &merged, Some(&current))?;
+        }
+        admit.admit(
+            &rt,
+            &Proposed {
+                operation: Operation::Update,
+                subresource: (sub == Subresource::Status).then_some("status"),
+                namespace: rt.namespaced.then_some(id.0.as_str()),
+                name,
+                object: Some(&merged),
+                old_object: Some(&current),
+            },
+        )?;
         if merged == *current {
             // A no-op write does not bump the resourceVersion or notify watchers.
             return Ok(current);
@@ -245,6 +319,18 @@ impl Store {
         name: &str,
         preconditions: Option<&Value>,
     ) -> Result<Arc<Value>, ApiError> {
+        self.delete_with(key, ns, name, preconditions, &())
+    }
+
+    /// DELETE, with `admit` deciding on the object as it is stored.
+    pub fn delete_with(
+        &self,
+        key: &ResourceKey,
+        ns: Option<&str>,
+        name: &str,
+        preconditions: Option<&Value>,
+        admit: &dyn Admit,
+    ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.lock();
         let rt = inner.served(key)?.clone();
         let ns = rt.scope(ns)?;
@@ -262,6 +348,17 @@ impl Store {
                 }
             }
         }
+        admit.admit(
+            &rt,
+            &Proposed {
+                operation: Operation::Delete,
+                subresource: None,
+                namespace: rt.namespaced.then_some(id.0.as_str()),
+                name,
+                object: None,
+                old_object: Some(&current),
+            },
+        )?;
         let rv = inner.rv + 1;
         let mut last = (*current).clone();
         metadata_mut(&mut last)?.insert("resourceVersion".into(), json!(rv.to_string()));
@@ -326,5 +423,27 @@ fn reset_status_on_create(rt: &ResourceType, obj: &mut Value) {
         // Nodes are created with their status by their kubelets.
         ("", "Node") => {}
         _ => set_field(obj, "status", Value::Null),
+    }
+}
+
+impl Inner {
+    /// A custom resource's validation rules (its CRD's `x-kubernetes-validations`), on the
+    /// object as it would be stored: 422 Invalid listing every rule that fails.
+    fn check_rules(
+        &self,
+        rt: &ResourceType,
+        name: &str,
+        new: &Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let Some(rules) = self.rules.get(&rt.key()) else {
+            return Ok(());
+        };
+        let errors = rules.validate(new, old);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(admission::invalid(rt, name, &errors))
+        }
     }
 }

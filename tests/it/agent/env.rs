@@ -18,7 +18,8 @@ use staticpod_puller::resources::StaticPod;
 use staticpod_puller::rollout::grant::{Grant, OBJECT_LABEL, object_label};
 use staticpod_puller::sim::cluster::{DevCluster, DevClusterOptions};
 use staticpod_puller::sim::kubelet::Timings;
-use staticpod_puller::sim::store::Store;
+use staticpod_puller::sim::resource::ResourceKey;
+use staticpod_puller::sim::store::{Store, Subresource};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -357,6 +358,33 @@ impl Env {
 
     pub(super) fn static_pods(&self) -> Api<StaticPod> {
         Api::namespaced(self.admin.clone(), NS)
+    }
+
+    /// Serve the kinds from CRDs without validation rules, as a cluster with OpenYurt's own
+    /// CRDs (or this project's from before the rules) does: malformed objects then reach the
+    /// agents, which must refuse them themselves.
+    pub(crate) fn drop_crd_rules(&self) {
+        fn strip(v: &mut Value) {
+            match v {
+                Value::Object(fields) => {
+                    fields.remove("x-kubernetes-validations");
+                    fields.values_mut().for_each(strip);
+                }
+                Value::Array(items) => items.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        for crd in staticpod_puller::resources::crds() {
+            let mut crd = serde_json::to_value(&crd).expect("a CRD serializes");
+            strip(&mut crd);
+            let name = crd["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            self.store()
+                .update(&ResourceKey::crds(), None, &name, crd, Subresource::Main)
+                .unwrap_or_else(|e| panic!("replacing CRD {name}: {e}"));
+        }
     }
 
     /// Create a StaticPod; returns its generation and template hash.
