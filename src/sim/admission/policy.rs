@@ -17,6 +17,9 @@ use crate::sim::error::ApiError;
 use crate::sim::resource::ResourceType;
 use crate::sim::selector::Selectors;
 
+/// The variables that hold objects (costly to turn into CEL values).
+const OBJECT_VARIABLES: [&str; 4] = ["object", "oldObject", "namespaceObject", "params"];
+
 /// One policy, compiled.
 #[derive(Debug)]
 pub struct CompiledPolicy {
@@ -343,23 +346,16 @@ impl PolicyAdmission {
         if let Some(broken) = &policy.broken {
             return failed(broken.clone());
         }
-        let mut bindings = vec![
-            ("object", write.object.map_or(CelValue::Null, cel::value)),
-            (
-                "oldObject",
-                write.old_object.map_or(CelValue::Null, cel::value),
-            ),
-            ("request", cel::value(&self.request(rt, write))),
-            ("params", CelValue::Null),
-            (
-                "namespaceObject",
-                self.namespace_object
-                    .as_ref()
-                    .map_or(CelValue::Null, cel::value),
-            ),
-        ];
+        // The request alone decides most conditions (who is asking); the objects are turned
+        // into CEL values only for a request a condition lets through.
+        let request = ("request", cel::value(&self.request(rt, write)));
         for (name, condition) in &policy.conditions {
-            match condition.eval_bool(&bindings) {
+            let decided = if OBJECT_VARIABLES.iter().any(|v| condition.mentions(v)) {
+                condition.eval_bool(&self.bindings(write, request.clone()))
+            } else {
+                condition.eval_bool(std::slice::from_ref(&request))
+            };
+            match decided {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(e) => {
@@ -367,6 +363,7 @@ impl PolicyAdmission {
                 }
             }
         }
+        let mut bindings = self.bindings(write, request);
         // Variables in order, each seeing the ones before; one that errors is left out, so
         // only an expression that uses it fails.
         let mut variables: HashMap<String, CelValue> = HashMap::new();
@@ -405,6 +402,29 @@ impl PolicyAdmission {
             }
         }
         None
+    }
+
+    /// Every variable but `variables`.
+    fn bindings(
+        &self,
+        write: &Proposed<'_>,
+        request: (&'static str, CelValue),
+    ) -> Vec<(&'static str, CelValue)> {
+        vec![
+            ("object", write.object.map_or(CelValue::Null, cel::value)),
+            (
+                "oldObject",
+                write.old_object.map_or(CelValue::Null, cel::value),
+            ),
+            request,
+            ("params", CelValue::Null),
+            (
+                "namespaceObject",
+                self.namespace_object
+                    .as_ref()
+                    .map_or(CelValue::Null, cel::value),
+            ),
+        ]
     }
 
     /// The `request` variable: what the API server's admission attributes say of the request.
