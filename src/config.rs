@@ -52,10 +52,35 @@ pub struct Config {
     pub drift: Drift,
     pub local_api: LocalApi,
     pub ota: Ota,
+    pub cri: Cri,
     pub bundle: Bundle,
     pub trust: Trust,
     pub metrics: Metrics,
     pub log: Log,
+}
+
+/// The node's container runtime, through which the agent pulls a new template's images
+/// before it upgrades (CRI ImageService).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Cri {
+    /// The runtime's Unix socket (`unix:///run/containerd/containerd.sock` or a path). Absent:
+    /// the first of containerd's and CRI-O's standard sockets that exists. Empty: no pre-pull.
+    pub endpoint: Option<String>,
+    /// How long the pulls of one template's images may take, retries included.
+    pub pull_timeout: HumanDuration,
+    /// Images pulled at once.
+    pub pull_concurrency: u32,
+}
+
+impl Default for Cri {
+    fn default() -> Self {
+        Cri {
+            endpoint: None,
+            pull_timeout: HumanDuration(Duration::from_secs(600)),
+            pull_concurrency: 2,
+        }
+    }
 }
 
 /// Prometheus metrics.
@@ -192,6 +217,7 @@ impl Default for Config {
             drift: Drift::default(),
             local_api: LocalApi::default(),
             ota: Ota::default(),
+            cri: Cri::default(),
             bundle: Bundle::default(),
             trust: Trust::default(),
             metrics: Metrics::default(),
@@ -361,6 +387,20 @@ impl Config {
                     "expected a node name (a DNS subdomain), got {:?}",
                     self.node_name
                 ),
+            ));
+        }
+        if let Some(endpoint) = self.cri.endpoint.as_deref().filter(|e| !e.is_empty())
+            && !Path::new(endpoint.strip_prefix("unix://").unwrap_or(endpoint)).is_absolute()
+        {
+            return Err(invalid(
+                "cri.endpoint",
+                format!("expected a Unix socket as unix:///path or /path, got {endpoint:?}"),
+            ));
+        }
+        if self.cri.pull_concurrency == 0 {
+            return Err(invalid(
+                "cri.pullConcurrency",
+                "must be at least 1".to_string(),
             ));
         }
         if !is_dns_label(&self.agent_namespace) {

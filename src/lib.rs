@@ -7,6 +7,7 @@ pub mod controller;
 #[cfg(feature = "dev-cluster")]
 pub mod demo;
 pub mod desired;
+pub mod images;
 pub mod kubeclient;
 pub mod manifest;
 pub mod metrics;

@@ -32,6 +32,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "Errors of the API watches (each is followed by a restart with backoff), by resource.",
     ),
     (
+        "staticpod_puller_image_pulls_total",
+        "Images of new templates checked before an upgrade, by result (present, pulled, failed).",
+    ),
+    (
         "staticpod_puller_controller_reconciles_total",
         "Controller passes over every object (after a change, or a lease renewal).",
     ),
@@ -42,10 +46,16 @@ const COUNTERS: &[(&str, &str)] = &[
 ];
 
 /// Every summary (sum and count of observed durations): name and help.
-const SUMMARIES: &[(&str, &str)] = &[(
-    "staticpod_puller_controller_reconcile_seconds",
-    "How long a controller pass over every object took.",
-)];
+const SUMMARIES: &[(&str, &str)] = &[
+    (
+        "staticpod_puller_image_pull_seconds",
+        "How long the pulls of images took (each image pulled, retries included).",
+    ),
+    (
+        "staticpod_puller_controller_reconcile_seconds",
+        "How long a controller pass over every object took.",
+    ),
+];
 
 type Labels = Vec<(String, String)>;
 

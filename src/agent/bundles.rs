@@ -203,6 +203,8 @@ pub(super) struct BundleApplier {
     pub(super) store: Arc<ManifestStore>,
     pub(super) changed: Arc<Notify>,
     pub(super) applied: Arc<Applied>,
+    /// The item's images are pulled before its manifest is written.
+    pub(super) prepull: Arc<crate::images::Prepull>,
     /// kubelet's pod list URL and token (readiness without the API server).
     pub(super) kubelet: (String, Option<String>),
 }
@@ -217,6 +219,7 @@ fn apply_bundle(applier: &BundleApplier, origin: &Origin, objects: Vec<DesiredOb
         store,
         changed,
         applied,
+        prepull,
         kubelet: (url, token),
     } = applier;
     let failed = upgrader.failed.snapshot();
@@ -255,10 +258,21 @@ fn apply_bundle(applier: &BundleApplier, origin: &Origin, objects: Vec<DesiredOb
         let offline_upgrader = upgrader.with_mirrors(kubelet);
         let (running, changed, applied) = (running.clone(), changed.clone(), applied.clone());
         let (node, sequence, source) = (node.clone(), origin.sequence, origin.source.clone());
+        let prepull = prepull.clone();
         tokio::spawn(async move {
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
-            let succeeded = match offline_upgrader.upgrade(&d, None, superseded, || {}).await {
+            // Offline too the images come first; a node with a local mirror pulls them.
+            let images = crate::images::images_of(&d.rendered);
+            let pulled = prepull.ready(&d.manifest, &d.hash, &images).await;
+            let upgraded = match pulled {
+                Ok(()) => offline_upgrader
+                    .upgrade(&d, None, superseded, || {})
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(reason) => Err(format!("the images could not be pulled: {reason}")),
+            };
+            let succeeded = match upgraded {
                 Ok(outcome) => {
                     tracing::info!(object = %d.key, node = %node, sequence, ?outcome, "bundle item applied");
                     matches!(outcome, Outcome::Succeeded { .. }).then(|| Application {

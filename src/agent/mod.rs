@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::desired::applied::Applied;
 use crate::desired::authority::{Connectivity, probe_interval};
 use crate::desired::cache;
+use crate::images::Prepull;
 use crate::manifest::store::{ManifestStore, StoreError};
 use crate::ota::{self, Ota, api};
 use crate::rollout::events::Recorder;
@@ -63,6 +64,33 @@ pub struct Agent {
     /// Keep the reflectors and the manifest-directory watch alive.
     _reflectors: Reflectors,
     _dir_watch: Option<notify::RecommendedWatcher>,
+}
+
+/// Pre-pull through the runtime `cri.endpoint` names: a socket given that is missing or not
+/// a socket stops the agent; none found (or `""`) turns pre-pull off, saying why.
+fn start_prepull(
+    config: &Config,
+    node: &str,
+    changed: Arc<tokio::sync::Notify>,
+) -> Result<Arc<Prepull>, AgentError> {
+    let cri = match crate::images::cri::resolve(config.cri.endpoint.as_deref())
+        .map_err(|e| AgentError::Config(e.to_string()))?
+    {
+        Ok(socket) => {
+            tracing::info!(%node, socket = %socket.display(), "pulling new templates' images before upgrading, through the container runtime");
+            Some(crate::images::cri::Cri::new(&socket))
+        }
+        Err(why) => {
+            tracing::info!(%node, "image pre-pull off: {why}; kubelet pulls images after the manifest is written");
+            None
+        }
+    };
+    Ok(Prepull::new(
+        cri,
+        config.cri.pull_timeout.0,
+        usize::try_from(config.cri.pull_concurrency).unwrap_or(1),
+        changed,
+    ))
 }
 
 impl Agent {
@@ -140,6 +168,7 @@ impl Agent {
                 move |_| changed.notify_one(),
             )
         };
+        let prepull = start_prepull(&config, &node, caches.changed.clone())?;
         let ota = Arc::new(Ota::new(
             &node,
             client.clone(),
@@ -151,6 +180,7 @@ impl Agent {
             running.clone(),
             caches.changed.clone(),
             applied.clone(),
+            prepull.clone(),
         ));
         ota.seed_desired(last_cached.clone());
         let template_policy = if config.trust.require_signed_templates {
@@ -177,6 +207,7 @@ impl Agent {
                 store: store.clone(),
                 changed: caches.changed.clone(),
                 applied: applied.clone(),
+                prepull: prepull.clone(),
                 kubelet: (
                     config.ota.kubelet_pods_url.clone(),
                     ota.offline.kubelet_token.clone(),
@@ -194,6 +225,7 @@ impl Agent {
             events,
             running,
             ota: ota.clone(),
+            prepull,
             template_policy,
             connectivity,
             applied,

@@ -32,6 +32,10 @@ pub struct Args {
     /// replacement of the old pod included).
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     ready_delay: HumanDuration,
+    /// How long each node's simulated container runtime takes to pull an image (the agents
+    /// pull the new one before they upgrade).
+    #[arg(long, default_value = "0s", value_name = "DURATION")]
+    pull_delay: HumanDuration,
     /// Make the new image never become Ready, to show the rollback.
     #[arg(long)]
     bad_image: bool,
@@ -95,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         dir: args.dir,
         listen: args.listen,
         ready_delay: args.ready_delay.0,
+        pull_delay: args.pull_delay.0,
         max_unavailable: args.max_unavailable,
         bad_image: args.bad_image,
         progress_deadline: args.progress_deadline.0,

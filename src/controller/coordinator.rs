@@ -26,7 +26,7 @@ pub const PROMOTED_ANNOTATION: &str = "staticpod-puller.openyurt.io/promoted";
 /// Node label: upgrade this node in the canary step, before the others.
 pub const CANARY_LABEL: &str = "staticpod-puller.openyurt.io/canary";
 /// The pod condition saying the new template's images are on the node (OpenYurt's name).
-pub const IMAGE_READY_CONDITION: &str = "PodImageReady";
+pub const IMAGE_READY_CONDITION: &str = crate::images::IMAGE_READY;
 
 /// Keep of a pod only what coordination and status read: its name, namespace, node, the hash
 /// and config-source annotations, and the Ready and PodImageReady conditions. The controller
@@ -97,6 +97,7 @@ pub fn members_by_object(
                 ready: pod_ready(pod),
                 canary: canary_nodes.contains(node),
                 images_ready: images_ready(pod),
+                images_not_ready: images_not_ready(pod),
             });
     }
     members
@@ -112,6 +113,22 @@ fn images_ready(pod: &Pod) -> Option<String> {
         .iter()
         .find(|c| c.type_ == IMAGE_READY_CONDITION && c.status == "True")
         .map(|c| c.message.clone().unwrap_or_default())
+}
+
+/// The reason and message of a False `PodImageReady` condition.
+fn images_not_ready(pod: &Pod) -> Option<(String, String)> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == IMAGE_READY_CONDITION && c.status == "False")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
 }
 
 /// One object to coordinate.

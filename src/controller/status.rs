@@ -175,6 +175,25 @@ pub fn rollout_conditions(hash: &str, d: &Decision) -> Vec<Condition> {
             },
         },
         Condition {
+            type_: "ImagePullFailed",
+            status: !d.pull_failed.is_empty(),
+            reason: if d.pull_failed.is_empty() {
+                "NoPullFailures"
+            } else {
+                "ImagesNotPulled"
+            },
+            message: if d.pull_failed.is_empty() {
+                format!("no member failed to pull the images of {hash}")
+            } else {
+                let nodes: Vec<String> = d.pull_failed.keys().cloned().collect();
+                format!(
+                    "not granted {hash}, its images could not be pulled on: {} (first: {})",
+                    names(&nodes),
+                    d.pull_failed.values().next().cloned().unwrap_or_default()
+                )
+            },
+        },
+        Condition {
             type_: "Paused",
             status: paused,
             reason: if paused { "Paused" } else { "NotPaused" },

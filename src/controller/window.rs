@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::images::PULL_FAILED;
+
 use crate::resources::RolloutControls;
 
 /// One member node as the controller sees it.
@@ -24,6 +26,10 @@ pub struct Member {
     /// hash it names are on the node, so it upgrades before the others (its pod is down only
     /// for the restart).
     pub images_ready: Option<String>,
+    /// A False `PodImageReady` on its mirror pod: (reason, message). `Pulling` or
+    /// `PullFailed` for the hash the message names: the node is not granted that hash (it
+    /// could not use the grant yet, or ever).
+    pub images_not_ready: Option<(String, String)>,
 }
 
 /// A grant (one Lease per object and node) as the controller last saw it.
@@ -60,6 +66,9 @@ pub struct Decision {
     pub delete: Vec<String>,
     /// Members that rolled the desired hash back, with the reason: failed for this hash.
     pub failed: BTreeMap<String, String>,
+    /// Members whose agent could not pull the desired hash's images, with the reason: not
+    /// granted it.
+    pub pull_failed: BTreeMap<String, String>,
     /// Nodes holding a grant for the desired hash.
     pub upgrading: BTreeSet<String>,
     /// Members not on the desired hash that are neither upgrading nor failed.
@@ -155,6 +164,20 @@ pub fn decide(input: &Input) -> Decision {
         .chain(decision.upgrading.iter().map(String::as_str))
         .collect::<BTreeSet<&str>>()
         .len();
+    // Nodes still pulling the hash's images, or that failed to, wait: a grant now would
+    // hold a unit of the window for a download, or for nothing.
+    let mut pulling = BTreeSet::new();
+    for m in &outdated {
+        if let Some((reason, message)) = &m.images_not_ready
+            && message.contains(input.hash)
+        {
+            if reason == PULL_FAILED {
+                decision.pull_failed.insert(m.node.clone(), message.clone());
+            } else {
+                pulling.insert(m.node.as_str());
+            }
+        }
+    }
     let mut candidates: Vec<&Member> = outdated
         .iter()
         .copied()
@@ -162,6 +185,8 @@ pub fn decide(input: &Input) -> Decision {
             m.ready
                 && !decision.upgrading.contains(&m.node)
                 && !decision.failed.contains_key(&m.node)
+                && !decision.pull_failed.contains_key(&m.node)
+                && !pulling.contains(m.node.as_str())
                 && !input.stalled.contains(&m.node)
         })
         .collect();
@@ -240,6 +265,7 @@ mod tests {
             ready,
             canary: false,
             images_ready: None,
+            images_not_ready: None,
         }
     }
 
@@ -482,6 +508,21 @@ mod tests {
         assert_eq!(d1.grant[0], "n04");
         let d2 = decide_with(&members, &[], controls(2), false);
         assert_eq!(d1.grant, d2.grant, "the order is stable");
+    }
+
+    #[test]
+    fn nodes_pulling_or_failing_to_pull_the_hash_are_not_granted_it() {
+        let mut members = fleet(4);
+        members[0].images_not_ready =
+            Some(("Pulling".into(), format!("pulling images of {NEW}: a")));
+        members[1].images_not_ready = Some((
+            PULL_FAILED.into(),
+            format!("images of {NEW} could not be pulled: not found"),
+        ));
+        members[2].images_not_ready = Some(("Pulling".into(), "pulling images of older: a".into()));
+        let d = decide_with(&members, &[], controls(4), false);
+        assert_eq!(d.grant, ["n02", "n03"].map(String::from).to_vec(), "{d:?}");
+        assert_eq!(d.pull_failed.keys().collect::<Vec<_>>(), ["n01"]);
     }
 
     #[test]

@@ -34,12 +34,13 @@ fn write_agent_config(node: &SimNode, options: &DemoOptions) -> Result<PathBuf, 
         .unwrap_or(&node.state_dir)
         .join("agent.yaml");
     let text = format!(
-        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlocalApi:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  level: {:?}\n",
+        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlocalApi:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\ncri:\n  endpoint: {}\nlog:\n  level: {:?}\n",
         node.name,
         node.agent_kubeconfig.display(),
         node.manifest_dir.display(),
         node.state_dir.display(),
         crate::config::HumanDuration(options.progress_deadline),
+        node.kubelet.cri_endpoint(),
         options.agent_log_level,
     );
     std::fs::write(&path, text).map_err(|source| DemoError::Io {

@@ -61,6 +61,9 @@ pub(super) async fn start_cluster(options: &DemoOptions) -> Result<DevCluster, D
     let mut cluster_options = DevClusterOptions::new(&dir, options.nodes);
     cluster_options.listen = options.listen;
     cluster_options.timings = demo_timings(options.ready_delay);
+    cluster_options.pull_delay = options.pull_delay;
+    // The nodes run the old image already; the new one is pulled.
+    cluster_options.preloaded = vec![super::scenario::OLD_IMAGE.to_string()];
     let cluster = DevCluster::start(cluster_options).await?;
     cluster.apply(&bootstrap_objects()?)?;
     Ok(cluster)

@@ -59,6 +59,8 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     /// How long after its manifest is written an upgraded pod is Ready.
     pub ready_delay: Duration,
+    /// How long a node's simulated runtime takes to pull one image.
+    pub pull_delay: Duration,
     /// The seed's `maxUnavailable`.
     pub max_unavailable: String,
     /// The new image never becomes Ready: show the rollback.

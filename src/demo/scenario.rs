@@ -20,7 +20,7 @@ use crate::resources::{self, StaticPod};
 use crate::sim::apiserver::UsageCounts;
 use crate::sim::cluster::{DevCluster, agent_user};
 
-const OLD_IMAGE: &str = "nginx:1.19.1";
+pub(super) const OLD_IMAGE: &str = "nginx:1.19.1";
 pub(super) const NEW_IMAGE: &str = "nginx:1.19.2";
 const SEED_MANIFEST: &str = "\
 apiVersion: v1

@@ -4,6 +4,9 @@
 //! - `POST /openyurt.io/v1/namespaces/{ns}/pods/{pod}/upgrade`: start an OTA upgrade (200
 //!   `Start updating pod ns/pod`; 403, 404, 409 with the reason), plain-text bodies.
 //! - `GET` on the same path: the upgrade's state as JSON. `GET /healthz`, `GET /readyz`.
+//! - `POST /openyurt.io/v1/namespaces/{ns}/pods/{pod}/imagepull`: pull the images of the
+//!   upgrade available ahead of it (200 `Image pre-pull requested for pod ns/pod`; 403 when
+//!   no upgrade is available, 404, 409 while the upgrade runs).
 //! - `GET /status`: what the agent believes (objects, hashes, phases, grants, connectivity).
 //!
 //! Loopback by default; with a token file every request must carry `Authorization: Bearer`.
@@ -151,6 +154,10 @@ enum Target<'a> {
         namespace: &'a str,
         pod: &'a str,
     },
+    ImagePull {
+        namespace: &'a str,
+        pod: &'a str,
+    },
     /// Under YurtHub's prefix but not a valid upgrade path.
     Malformed(String),
     Unknown,
@@ -169,17 +176,27 @@ fn target(path: &str) -> Target<'_> {
     };
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
-        ["v1", "namespaces", namespace, "pods", pod, "upgrade"] => {
+        [
+            "v1",
+            "namespaces",
+            namespace,
+            "pods",
+            pod,
+            verb @ ("upgrade" | "imagepull"),
+        ] => {
             if !crate::rules::is_dns_label(namespace) {
                 Target::Malformed(format!("invalid namespace {namespace:?}"))
             } else if !crate::rules::is_dns_subdomain(pod) {
                 Target::Malformed(format!("invalid pod name {pod:?}"))
-            } else {
+            } else if *verb == "upgrade" {
                 Target::Upgrade { namespace, pod }
+            } else {
+                Target::ImagePull { namespace, pod }
             }
         }
         _ => Target::Malformed(
-            "expected /openyurt.io/v1/namespaces/{ns}/pods/{podname}/upgrade".to_string(),
+            "expected /openyurt.io/v1/namespaces/{ns}/pods/{podname}/upgrade or .../imagepull"
+                .to_string(),
         ),
     }
 }
@@ -264,6 +281,16 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             }
         }
         Target::Upgrade { .. } => method_not_allowed("GET, POST"),
+        Target::ImagePull { namespace, pod } if method == Method::POST => {
+            match ota.image_pull(namespace, pod) {
+                Ok(message) => text(StatusCode::OK, message),
+                Err(r) => text(
+                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    r.message,
+                ),
+            }
+        }
+        Target::ImagePull { .. } => method_not_allowed("POST"),
         Target::Malformed(reason) => {
             text(StatusCode::BAD_REQUEST, format!("malformed path: {reason}"))
         }

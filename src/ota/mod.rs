@@ -77,16 +77,37 @@ fn condition_of<'a>(
 }
 
 /// Set `PodNeedUpgrade` on a mirror pod when it differs (also after kubelet recreated the pod
-/// without it). A strategic merge patch merges conditions by type, keeping kubelet's.
+/// without it).
 pub async fn announce(
     client: &kube::Client,
     pod: &Pod,
     want: &Announcement,
 ) -> Result<bool, kube::Error> {
-    let status = if want.need { "True" } else { "False" };
-    if let Some(c) = condition_of(pod, NEED_UPGRADE)
+    set_condition(
+        client,
+        pod,
+        NEED_UPGRADE,
+        want.need,
+        want.reason,
+        &want.message,
+    )
+    .await
+}
+
+/// Set condition `type_` on a pod when its status or message differs. A strategic merge patch
+/// merges conditions by type, keeping kubelet's. True when it patched.
+pub async fn set_condition(
+    client: &kube::Client,
+    pod: &Pod,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) -> Result<bool, kube::Error> {
+    let status = if status { "True" } else { "False" };
+    if let Some(c) = condition_of(pod, type_)
         && c.status == status
-        && c.message.as_deref() == Some(want.message.as_str())
+        && c.message.as_deref() == Some(message)
     {
         return Ok(false);
     }
@@ -100,10 +121,10 @@ pub async fn announce(
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
     let patch = json!({"status": {"conditions": [{
-        "type": NEED_UPGRADE,
+        "type": type_,
         "status": status,
-        "reason": want.reason,
-        "message": want.message,
+        "reason": reason,
+        "message": message,
         "lastTransitionTime": now,
     }]}});
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -117,6 +138,8 @@ pub async fn announce(
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     Idle,
+    /// The new template's images are being pulled (nothing written yet).
+    PullingImages,
     Writing,
     WaitingReady,
     Succeeded,
@@ -194,6 +217,8 @@ pub struct Ota {
     applied: Arc<crate::desired::applied::Applied>,
     /// Fetched bundles verified and held back (for the status).
     held_bundles: Mutex<Vec<crate::desired::http::Held>>,
+    /// Pulls of new templates' images: an upgrade started here pulls first.
+    pub prepull: Arc<crate::images::Prepull>,
 }
 
 impl Ota {
@@ -209,6 +234,7 @@ impl Ota {
         running: Arc<InFlight>,
         changed: Arc<Notify>,
         applied: Arc<crate::desired::applied::Applied>,
+        prepull: Arc<crate::images::Prepull>,
     ) -> Ota {
         Ota {
             node: node.to_string(),
@@ -226,6 +252,7 @@ impl Ota {
             synced: std::sync::atomic::AtomicBool::new(false),
             applied,
             held_bundles: Mutex::new(Vec::new()),
+            prepull,
         }
     }
 
@@ -339,6 +366,83 @@ impl Ota {
         }
     }
 
+    /// The object that manages mirror pod `namespace/pod`; refused 404 when the pod is not
+    /// known (`seen`: the pod exists), 403 when no object manages it.
+    fn managing(&self, namespace: &str, pod: &str, seen: bool) -> Result<DesiredObject, Refused> {
+        self.object_of(namespace, pod).ok_or_else(|| {
+            if seen {
+                refused(
+                    403,
+                    format!("pod {namespace}/{pod} is not managed by a StaticPod or YurtStaticSet"),
+                )
+            } else {
+                refused(
+                    404,
+                    format!("pod {namespace}/{pod} not found on node {}", self.node),
+                )
+            }
+        })
+    }
+
+    /// What this node's agent would do for `d` (and the manifest on disk), its pod `mirror`.
+    fn plan_for(
+        &self,
+        d: &DesiredObject,
+        mirror: Option<&Pod>,
+    ) -> Result<(Plan, Option<Vec<u8>>), Refused> {
+        let local = self
+            .store
+            .read(&d.manifest)
+            .map_err(|e| refused(500, format!("reading {}.yaml: {e}", d.manifest)))?;
+        let state = mirror.map(|p| MirrorState {
+            hash: crate::manifest::mirror::pod_hash(p).map(str::to_string),
+            ready: crate::manifest::mirror::pod_ready(p),
+        });
+        let next = plan(
+            d,
+            local.as_deref(),
+            state.as_ref(),
+            &self.upgrader.failed.snapshot(),
+        );
+        Ok((next, local))
+    }
+
+    /// `POST .../imagepull`: pull the images of the upgrade available to mirror pod
+    /// `namespace/pod` ahead of it (again, after a failure); the message is the 200 body.
+    pub fn image_pull(self: &Arc<Self>, namespace: &str, pod: &str) -> Result<String, Refused> {
+        let mirror = self.pod(namespace, pod);
+        let d = self.managing(namespace, pod, mirror.is_some())?;
+        if self.running.contains(&d.manifest) {
+            return Err(refused(
+                409,
+                format!("an upgrade of pod {namespace}/{pod} is running"),
+            ));
+        }
+        match self.plan_for(&d, mirror.as_deref())?.0 {
+            Plan::Upgrade { .. } | Plan::UpgradeAvailable => {}
+            _ => {
+                return Err(refused(
+                    403,
+                    format!("no upgrade is available for pod {namespace}/{pod}"),
+                ));
+            }
+        }
+        if !self.prepull.enabled() {
+            return Err(refused(
+                403,
+                "image pre-pull is off on this node: no container runtime socket (cri.endpoint)"
+                    .to_string(),
+            ));
+        }
+        let images = crate::images::images_of(&d.rendered);
+        self.prepull.retry(&d.manifest, &d.hash, &images);
+        self.changed.notify_one();
+        tracing::info!(object = %d.key, node = %self.node, pod, hash = %d.hash, "image pre-pull requested through the local API");
+        Ok(format!(
+            "Image pre-pull requested for pod {namespace}/{pod}"
+        ))
+    }
+
     /// `POST .../upgrade`: start the upgrade of mirror pod `namespace/pod` when one is
     /// available; the message is the 200 body.
     pub async fn start(self: &Arc<Self>, namespace: &str, pod: &str) -> Result<String, Refused> {
@@ -374,18 +478,7 @@ impl Ota {
             }
             Some(kubelet)
         };
-        let Some(d) = self.object_of(namespace, pod) else {
-            return Err(match mirror {
-                None => refused(
-                    404,
-                    format!("pod {namespace}/{pod} not found on node {}", self.node),
-                ),
-                Some(_) => refused(
-                    403,
-                    format!("pod {namespace}/{pod} is not managed by a StaticPod or YurtStaticSet"),
-                ),
-            });
-        };
+        let d = self.managing(namespace, pod, mirror.is_some())?;
         if d.strategy != Strategy::Ota {
             return Err(refused(
                 403,
@@ -396,26 +489,14 @@ impl Ota {
                 ),
             ));
         }
-        let local = self
-            .store
-            .read(&d.manifest)
-            .map_err(|e| refused(500, format!("reading {}.yaml: {e}", d.manifest)))?;
         if self.running.contains(&d.manifest) {
             return Err(refused(
                 409,
                 format!("an upgrade of pod {namespace}/{pod} is already running"),
             ));
         }
-        let state = mirror.as_deref().map(|p| MirrorState {
-            hash: crate::manifest::mirror::pod_hash(p).map(str::to_string),
-            ready: crate::manifest::mirror::pod_ready(p),
-        });
-        match plan(
-            &d,
-            local.as_deref(),
-            state.as_ref(),
-            &self.upgrader.failed.snapshot(),
-        ) {
+        let (next, local) = self.plan_for(&d, mirror.as_deref())?;
+        match next {
             Plan::NotMember => {
                 return Err(refused(
                     403,
@@ -488,11 +569,21 @@ impl Ota {
         tokio::spawn(async move {
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
-            let result = upgrader
-                .upgrade(&d, None, superseded, || {
-                    ota.set_record(&namespace, &pod, |r| r.phase = Phase::WaitingReady)
-                })
-                .await;
+            // The images first: the pod is down only for its restart.
+            let images = crate::images::images_of(&d.rendered);
+            ota.set_record(&namespace, &pod, |r| r.phase = Phase::PullingImages);
+            let result = match ota.prepull.ready(&d.manifest, &d.hash, &images).await {
+                Err(reason) => Err(format!("the images could not be pulled: {reason}")),
+                Ok(()) => {
+                    ota.set_record(&namespace, &pod, |r| r.phase = Phase::Writing);
+                    upgrader
+                        .upgrade(&d, None, superseded, || {
+                            ota.set_record(&namespace, &pod, |r| r.phase = Phase::WaitingReady)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
             let (phase, message) = match result {
                 Ok(Outcome::Succeeded { .. }) => (Phase::Succeeded, None),
                 Ok(Outcome::RolledBack { reason, restored }) => (
@@ -502,7 +593,7 @@ impl Ota {
                 Ok(Outcome::Superseded) => {
                     (Phase::Superseded, Some("a newer template arrived".into()))
                 }
-                Err(e) => (Phase::Failed, Some(e.to_string())),
+                Err(e) => (Phase::Failed, Some(e)),
             };
             ota.set_record(&namespace, &pod, |r| {
                 r.phase = phase;

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::Ota;
+use crate::images::PullState;
 use crate::rollout::plan::{MirrorState, Plan, plan};
 
 /// The agent's view of this node.
@@ -46,7 +47,8 @@ pub struct ObjectStatus {
     pub desired_hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_hash: Option<String>,
-    /// not-member, current, drifted, upgrading, waiting-for-grant, upgrade-available, rolled-back.
+    /// not-member, current, drifted, upgrading, pulling-images, image-pull-failed,
+    /// waiting-for-grant, upgrade-available, rolled-back.
     pub phase: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -79,14 +81,29 @@ impl Ota {
             let phase = if self.running.contains(&d.manifest) {
                 "upgrading"
             } else {
+                let pull = self.prepull.state(&d.manifest, &d.hash);
                 match plan(d, local.as_deref(), mirror.as_ref(), &failed) {
                     Plan::NotMember => "not-member",
                     Plan::Current => "current",
                     Plan::Drifted => "drifted",
                     Plan::HeldBack { .. } => "rolled-back",
+                    Plan::UpgradeAvailable | Plan::Upgrade { .. }
+                        if pull == Some(PullState::Pulling) =>
+                    {
+                        "pulling-images"
+                    }
+                    Plan::UpgradeAvailable | Plan::Upgrade { .. }
+                        if matches!(pull, Some(PullState::Failed(_))) =>
+                    {
+                        "image-pull-failed"
+                    }
                     Plan::UpgradeAvailable => "upgrade-available",
                     Plan::Upgrade { .. } => "waiting-for-grant",
                 }
+            };
+            let pull_error = match self.prepull.state(&d.manifest, &d.hash) {
+                Some(PullState::Failed(reason)) => Some(reason),
+                _ => None,
             };
             let last_error = self
                 .records
@@ -100,7 +117,8 @@ impl Ota {
                         .get(&d.manifest)
                         .filter(|h| **h == d.hash)
                         .map(|h| format!("{h} was rolled back on this node"))
-                });
+                })
+                .or(pull_error);
             objects.push(ObjectStatus {
                 object: d.key.to_string(),
                 manifest: format!("{}.yaml", d.manifest),

@@ -21,6 +21,12 @@ pub enum Reason {
     BundleSuperseded,
     /// The controller stopped granting a hash: `maxFailed` members rolled it back.
     RolloutHalted,
+    /// The new template's images are being pulled, before the upgrade.
+    PullingImages,
+    /// The new template's images are on the node.
+    ImagesReady,
+    /// An image of the new template could not be pulled: the node does not upgrade to it.
+    ImagePullFailed,
 }
 
 impl Reason {
@@ -34,13 +40,20 @@ impl Reason {
             Reason::DriftDetected => "DriftDetected",
             Reason::BundleSuperseded => "BundleSuperseded",
             Reason::RolloutHalted => "RolloutHalted",
+            Reason::PullingImages => "PullingImages",
+            Reason::ImagesReady => "ImagesReady",
+            Reason::ImagePullFailed => "ImagePullFailed",
         }
     }
 
     fn warning(self) -> bool {
         matches!(
             self,
-            Reason::RolledBack | Reason::Refused | Reason::DriftDetected | Reason::RolloutHalted
+            Reason::RolledBack
+                | Reason::Refused
+                | Reason::DriftDetected
+                | Reason::RolloutHalted
+                | Reason::ImagePullFailed
         )
     }
 }

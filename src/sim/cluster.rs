@@ -7,11 +7,13 @@
 //! <dir>/nodes/<node>/manifests/   the node's static pod directory (its kubelet reads it)
 //! <dir>/nodes/<node>/state/       a state directory for the node's agent
 //! <dir>/nodes/<node>/agent.kubeconfig   the node agent's own identity
+//! <dir>/nodes/<node>/cri.sock     the node's container runtime (CRI ImageService)
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -19,6 +21,7 @@ use super::apiserver::{ApiServer, ApiServerError, ApiServerOptions, Identity};
 use super::error::ApiError;
 use super::kubelet::{BrokenImages, Kubelet, Timings, node_object};
 use super::resource::ResourceKey;
+use super::runtime::{ImageStore, UnpullableImages};
 use super::store::{DEFAULT_HISTORY, Store};
 
 /// The group every node agent identity belongs to (RBAC binds it).
@@ -60,6 +63,10 @@ pub struct DevClusterOptions {
     pub timings: Timings,
     /// Changes kept for watches to resume from (older resourceVersions get 410 Gone).
     pub history: usize,
+    /// How long a simulated runtime takes to pull one image.
+    pub pull_delay: Duration,
+    /// Images every node has from the start.
+    pub preloaded: Vec<String>,
 }
 
 impl DevClusterOptions {
@@ -71,6 +78,8 @@ impl DevClusterOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             timings: Timings::fast(),
             history: DEFAULT_HISTORY,
+            pull_delay: Duration::ZERO,
+            preloaded: Vec::new(),
         }
     }
 }
@@ -91,7 +100,10 @@ pub struct DevCluster {
     dir: PathBuf,
     admin_kubeconfig: PathBuf,
     broken: BrokenImages,
+    unpullable: UnpullableImages,
     timings: Timings,
+    pull_delay: Duration,
+    preloaded: Vec<String>,
 }
 
 impl DevCluster {
@@ -124,7 +136,10 @@ impl DevCluster {
             dir: options.dir.clone(),
             admin_kubeconfig,
             broken: Arc::new(RwLock::new(Default::default())),
+            unpullable: Arc::new(RwLock::new(Default::default())),
             timings: options.timings,
+            pull_delay: options.pull_delay,
+            preloaded: options.preloaded.clone(),
         };
         for i in 1..=options.nodes {
             cluster
@@ -170,12 +185,18 @@ impl DevCluster {
         );
         let agent_kubeconfig = node_dir.join("agent.kubeconfig");
         write(&agent_kubeconfig, &self.api.kubeconfig(&token, &user))?;
+        let images = ImageStore::new(self.pull_delay, self.unpullable.clone());
+        for image in &self.preloaded {
+            images.preload(image);
+        }
         let kubelet = Kubelet::start(
             self.store.clone(),
             name,
             &manifest_dir,
             self.timings,
             self.broken.clone(),
+            images,
+            &node_dir.join("cri.sock"),
         )
         .await
         .map_err(|source| DevClusterError::Kubelet {
@@ -220,6 +241,16 @@ impl DevCluster {
     pub fn set_broken_image(&self, image: &str, broken: bool) {
         let mut set = self.broken.write().unwrap_or_else(|e| e.into_inner());
         if broken {
+            set.insert(image.to_string());
+        } else {
+            set.remove(image);
+        }
+    }
+
+    /// Make `image` one no registry has (true): a pull of it fails as not found.
+    pub fn set_unpullable_image(&self, image: &str, unpullable: bool) {
+        let mut set = self.unpullable.write().unwrap_or_else(|e| e.into_inner());
+        if unpullable {
             set.insert(image.to_string());
         } else {
             set.remove(image);

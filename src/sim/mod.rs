@@ -8,5 +8,6 @@ pub mod error;
 pub mod kubelet;
 pub mod patch;
 pub mod resource;
+pub mod runtime;
 pub mod selector;
 pub mod store;

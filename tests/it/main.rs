@@ -5,6 +5,7 @@ mod agent;
 mod bundle_cli;
 mod bundle_hostile;
 mod bundle_offline;
+mod containerd;
 mod dev_cluster;
 mod join;
 mod kubectl;

@@ -6,9 +6,10 @@
 mod announce;
 mod bundle_set;
 mod drift;
+mod images;
 mod upgrades;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::caches::Caches;
@@ -17,6 +18,7 @@ use crate::config::{Config, DriftMode};
 use crate::desired::applied::Applied;
 use crate::desired::authority::Connectivity;
 use crate::desired::{DesiredObject, ObjectKey, Refusal, Strategy, cache, cluster};
+use crate::images::{Prepull, PullState};
 use crate::manifest::store::ManifestStore;
 use crate::ota::Ota;
 use crate::rollout::events::{Reason, Recorder};
@@ -61,6 +63,8 @@ pub(super) struct Reconciler {
     pub(super) running: Arc<InFlight>,
     /// OTA: announcements and upgrades asked for through the local API.
     pub(super) ota: Arc<Ota>,
+    /// Pulls of new templates' images, before their upgrades.
+    pub(super) prepull: Arc<Prepull>,
     /// Set with trust.requireSignedTemplates: the keys object signatures must verify against.
     pub(super) template_policy: Option<TrustPolicy>,
     /// Whether the API server answers, and since when not (who is authoritative).
@@ -84,6 +88,8 @@ pub(super) struct Memory {
     drift: HashSet<(String, String)>,
     /// Bundle-set manifests already reported as kept while offline: (manifest, sequence).
     kept: HashSet<(String, u64)>,
+    /// The image state last reported per manifest: (hash, PodImageReady reason).
+    images: HashMap<String, (String, &'static str)>,
 }
 
 impl Reconciler {
@@ -187,10 +193,14 @@ impl Reconciler {
                         d.key
                     ))),
                 },
-                Plan::UpgradeAvailable => pending.push(Pending::settled(format!(
-                    "{}: OTA upgrade available, waiting for the node's operator",
-                    d.key
-                ))),
+                Plan::UpgradeAvailable => {
+                    // OTA: the images are pulled ahead, so the upgrade asked for later is quick.
+                    self.images(d, &mirror_name).await;
+                    pending.push(Pending::settled(format!(
+                        "{}: OTA upgrade available, waiting for the node's operator",
+                        d.key
+                    )));
+                }
                 Plan::Upgrade { .. } if !self.upgrader.mirrors.node_ready() => {
                     // Nothing could be seen to succeed; the upgrade starts when the node is back.
                     self.memory.members.insert(d.manifest.clone());
@@ -198,6 +208,22 @@ impl Reconciler {
                         "{} behind; waiting for the node to be Ready",
                         d.key
                     )));
+                }
+                Plan::Upgrade { .. } if self.images(d, &mirror_name).await != PullState::Ready => {
+                    self.memory.members.insert(d.manifest.clone());
+                    if let Some(grant) = self.grant_for(d, &d.hash) {
+                        self.give_back(d, &grant).await;
+                    }
+                    match self.prepull.state(&d.manifest, &d.hash) {
+                        Some(PullState::Failed(reason)) => pending.push(Pending::settled(format!(
+                            "{}: the images of {} could not be pulled: {reason}",
+                            d.key, d.hash
+                        ))),
+                        _ => pending.push(Pending::moving(format!(
+                            "{} behind; pulling the images of {}",
+                            d.key, d.hash
+                        ))),
+                    }
                 }
                 Plan::Upgrade { needs_grant: false } => {
                     self.memory.members.insert(d.manifest.clone());

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 pub use node::node_object;
 
 use super::resource::ResourceKey;
+use super::runtime::ImageStore;
 use super::store::{Store, Subresource};
 use conditions::{condition, merge_conditions};
 use local_pods::LocalPods;
@@ -96,6 +97,8 @@ pub struct Kubelet {
     state: Arc<Mutex<State>>,
     store: Arc<Store>,
     pods_addr: SocketAddr,
+    images: Arc<ImageStore>,
+    cri_socket: PathBuf,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -115,8 +118,11 @@ impl Kubelet {
         manifest_dir: &Path,
         timings: Timings,
         broken: BrokenImages,
+        images: Arc<ImageStore>,
+        cri_socket: &Path,
     ) -> std::io::Result<Kubelet> {
         std::fs::create_dir_all(manifest_dir)?;
+        let cri_task = images.serve(cri_socket)?;
         let state = Arc::new(Mutex::new(State::default()));
         let reporting = Arc::new(AtomicBool::new(true));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -127,6 +133,7 @@ impl Kubelet {
             dir: manifest_dir.to_path_buf(),
             timings,
             broken: broken.clone(),
+            images: images.clone(),
             store: store.clone(),
             state: state.clone(),
             reporting: reporting.clone(),
@@ -165,7 +172,9 @@ impl Kubelet {
             state,
             store,
             pods_addr,
-            tasks: vec![sync_task, serve_task],
+            images,
+            cri_socket: cri_socket.to_path_buf(),
+            tasks: vec![sync_task, serve_task, cri_task],
         })
     }
 
@@ -175,6 +184,16 @@ impl Kubelet {
 
     pub fn manifest_dir(&self) -> &Path {
         &self.manifest_dir
+    }
+
+    /// The node's container runtime: its images.
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    /// The node's CRI socket, as `cri.endpoint` takes it.
+    pub fn cri_endpoint(&self) -> String {
+        format!("unix://{}", self.cri_socket.display())
     }
 
     /// The kubelet's local pod list, as `http://127.0.0.1:PORT/pods`.

@@ -15,8 +15,22 @@ use super::manifest::{ParsedManifest, parse_manifest};
 use super::mirror::{mirror_pod, pod_status};
 use super::state::{FileStamp, LocalPod, State, Transition, lock};
 use super::{BrokenImages, Timings, pods_key};
+use crate::sim::runtime::ImageStore;
 use crate::sim::selector::Selectors;
 use crate::sim::store::{Store, Subresource};
+
+/// Far enough in the future to never come in a test or a demo.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The images of a pod manifest (init containers and containers).
+fn manifest_images(manifest: &Value) -> Vec<String> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|group| manifest.pointer(&format!("/spec/{group}"))?.as_array())
+        .flatten()
+        .filter_map(|c| c["image"].as_str().map(str::to_string))
+        .collect()
+}
 
 /// How often a kubelet looks for orphaned mirror pods when nothing asks for it sooner.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -27,6 +41,8 @@ pub(super) struct Sync {
     pub(super) dir: PathBuf,
     pub(super) timings: Timings,
     pub(super) broken: BrokenImages,
+    /// The node's container runtime: a pod starts once its images are there.
+    pub(super) images: Arc<ImageStore>,
     pub(super) store: Arc<Store>,
     pub(super) state: Arc<Mutex<State>>,
     pub(super) reporting: Arc<AtomicBool>,
@@ -159,13 +175,22 @@ impl Sync {
 
     fn new_pod(&self, parsed: &ParsedManifest, now: Instant) -> LocalPod {
         let appear_at = now + self.timings.appear;
+        // Images not on the node are pulled now (the pod waits, not Ready); one no registry
+        // has keeps it waiting for good (ErrImagePull).
+        let mut started_at = appear_at;
+        for image in manifest_images(&parsed.manifest) {
+            started_at = match self.images.pull(&image, now) {
+                Ok(at) => started_at.max(at),
+                Err(_) => now + NEVER,
+            };
+        }
         LocalPod {
             namespace: parsed.key.0.clone(),
             mirror_name: format!("{}-{}", parsed.key.1, self.node),
             config_hash: parsed.hash.clone(),
             manifest: parsed.manifest.clone(),
             appear_at,
-            ready_at: appear_at + self.timings.ready,
+            ready_at: started_at + self.timings.ready,
             killed: false,
             recreate_at: None,
             reported: None,

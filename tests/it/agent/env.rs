@@ -103,6 +103,12 @@ impl Env {
     }
 
     pub(crate) async fn start(nodes: usize, timings: Timings) -> Env {
+        Env::start_pulling(nodes, timings, Duration::ZERO).await
+    }
+
+    /// As [`Env::start`], with each node's runtime taking `pull_delay` to pull an image (the
+    /// seed's old image is on every node already).
+    pub(crate) async fn start_pulling(nodes: usize, timings: Timings, pull_delay: Duration) -> Env {
         // What the in-process controller logs goes to the test's captured output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter("staticpod_puller::controller=debug")
@@ -111,6 +117,8 @@ impl Env {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut options = DevClusterOptions::new(dir.path(), nodes);
         options.timings = timings;
+        options.pull_delay = pull_delay;
+        options.preloaded = vec![super::OLD_IMAGE.to_string()];
         let cluster = DevCluster::start(options)
             .await
             .expect("the dev cluster starts");
@@ -233,7 +241,7 @@ impl Env {
             .unwrap_or_else(|| panic!("no node {node}"));
         let path = self.dir.path().join(format!("{node}.{tag}.yaml"));
         let text = format!(
-            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\ndrift:\n  mode: {}\nmetrics:\n  listen: 127.0.0.1:0\n{}log:\n  level: info\n",
+            "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: {}\ndrift:\n  mode: {}\nmetrics:\n  listen: 127.0.0.1:0\ncri:\n  endpoint: {}\n{}log:\n  level: info\n",
             n.name,
             n.agent_kubeconfig.display(),
             n.manifest_dir.display(),
@@ -241,6 +249,7 @@ impl Env {
             HumanDuration(settings.progress_deadline),
             HumanDuration(settings.lease_duration),
             settings.drift,
+            n.kubelet.cri_endpoint(),
             sections,
         );
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));

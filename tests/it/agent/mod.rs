@@ -14,6 +14,7 @@ mod env;
 mod faults;
 mod fleet;
 mod hostile;
+mod images;
 mod local_api;
 mod ota;
 mod rollout;

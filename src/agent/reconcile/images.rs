@@ -1,0 +1,68 @@
+//! Pre-pull: the images of a member's new template, pulled before its upgrade and reported on
+//! its mirror pod (`PodImageReady`, which the controller reads) and in Events.
+
+use kube::runtime::reflector::ObjectRef;
+
+use super::Reconciler;
+use crate::desired::DesiredObject;
+use crate::images::{self, IMAGE_READY, PullState};
+use crate::rollout::events::Reason;
+use crate::rollout::grant::{Finish, Grant};
+
+impl Reconciler {
+    /// Where `d`'s images stand on this node, their pull started if it was not; what changed
+    /// is reported. Ready when pre-pull is off.
+    pub(super) async fn images(&mut self, d: &DesiredObject, mirror_name: &str) -> PullState {
+        if !self.prepull.enabled() {
+            return PullState::Ready;
+        }
+        let wanted = images::images_of(&d.rendered);
+        let state = self.prepull.ensure(&d.manifest, &d.hash, &wanted);
+        if state == PullState::Pulling && !self.prepull.long_running(&d.manifest, &d.hash) {
+            // Most pulls find the images there: only one that takes a while is reported.
+            return state;
+        }
+        let (status, reason, message) = images::condition(&d.hash, &wanted, &state);
+        let seen = (d.hash.clone(), reason);
+        let before = self.memory.images.insert(d.manifest.clone(), seen.clone());
+        if before.as_ref() != Some(&seen) {
+            // Events for what an operator wants to hear of: a pull under way, its end, a
+            // failure; not images that were there all along.
+            let pulled = before.is_some_and(|(hash, r)| hash == d.hash && r == images::PULLING);
+            let event = match state {
+                PullState::Pulling => Some(Reason::PullingImages),
+                PullState::Ready => pulled.then_some(Reason::ImagesReady),
+                PullState::Failed(_) => Some(Reason::ImagePullFailed),
+            };
+            tracing::info!(object = %d.key, node = %self.node, %message, "images");
+            if let Some(event) = event {
+                self.events.emit(&d.key, &d.uid, event, &message).await;
+            }
+        }
+        // Kept on the pod even after kubelet recreated it without the condition.
+        if let Some(pod) = self
+            .caches
+            .pods
+            .get(&ObjectRef::new(mirror_name).within(&d.key.namespace))
+            && let Err(e) =
+                crate::ota::set_condition(&self.client, &pod, IMAGE_READY, status, reason, &message)
+                    .await
+        {
+            tracing::warn!(object = %d.key, node = %self.node, error = %e, "setting PodImageReady");
+        }
+        state
+    }
+
+    /// Give back a grant the node cannot use yet (its images are not there): the controller
+    /// hands the unit to a node that is ready, and grants this one once its images are.
+    pub(super) async fn give_back(&self, d: &DesiredObject, grant: &Grant) {
+        match self.grants.finish(grant, &Finish::Released).await {
+            Ok(()) => {
+                tracing::info!(object = %d.key, node = %self.node, grant = %grant.lease_name, "grant given back: the images are not on the node yet")
+            }
+            Err(e) => {
+                tracing::warn!(object = %d.key, node = %self.node, error = %e, "giving a grant back")
+            }
+        }
+    }
+}
