@@ -295,6 +295,17 @@ pub fn report(s: &Snapshot) -> String {
         let failed: Vec<String> = d.failed.iter().map(|(n, r)| format!("{n} ({r})")).collect();
         out.push_str(&format!("failed: {}\n", names(&failed)));
     }
+    if !d.pull_failed.is_empty() {
+        let nodes: Vec<String> = d
+            .pull_failed
+            .iter()
+            .map(|(n, r)| format!("{n} ({r})"))
+            .collect();
+        out.push_str(&format!(
+            "images not pulled (not granted until they are): {}\n",
+            names(&nodes)
+        ));
+    }
     let waits = match d.phase {
         Phase::Complete => "nothing: every member runs the desired hash".to_string(),
         Phase::Halted => format!(
@@ -352,6 +363,10 @@ mod tests {
         let mut d = staticpod_puller::controller::window::Decision::default();
         d.upgrading.insert("n3".into());
         d.failed.insert("n4".into(), "not Ready".into());
+        d.pull_failed.insert(
+            "n5".into(),
+            "images of h could not be pulled: not found".into(),
+        );
         d.waiting = 4;
         d.phase = Phase::Progressing;
         let s = Snapshot {
@@ -374,5 +389,9 @@ mod tests {
         let text = report(&s);
         assert!(text.contains("failed: n4 (not Ready)"), "{text}");
         assert!(text.contains("upgrading (holding a grant): n3"), "{text}");
+        assert!(
+            text.contains("images not pulled (not granted until they are): n5 (images of h could not be pulled: not found)"),
+            "{text}"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub(super) struct NodeLine {
     pub(super) ready: bool,
     /// `PodNeedUpgrade` (OTA), when set.
     pub(super) need_upgrade: Option<String>,
+    /// `PodImageReady` (images pre-pulled), when set: its status and message.
+    pub(super) image_ready: Option<(String, String)>,
 }
 
 pub(super) async fn node_lines(pods: &Api<Pod>) -> Result<BTreeMap<String, NodeLine>, DemoError> {
@@ -49,6 +51,12 @@ pub(super) async fn node_lines(pods: &Api<Pod>) -> Result<BTreeMap<String, NodeL
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|cs| cs.iter().find(|c| c.type_ == crate::ota::NEED_UPGRADE))
                 .map(|c| c.status.clone());
+            let image_ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == crate::images::IMAGE_READY))
+                .map(|c| (c.status.clone(), c.message.clone().unwrap_or_default()));
             (
                 node,
                 NodeLine {
@@ -56,6 +64,7 @@ pub(super) async fn node_lines(pods: &Api<Pod>) -> Result<BTreeMap<String, NodeL
                     hash,
                     ready: pod_ready(p),
                     need_upgrade,
+                    image_ready,
                 },
             )
         })
@@ -110,8 +119,13 @@ pub(super) async fn follow(
                     .as_ref()
                     .map(|s| format!("  PodNeedUpgrade={s}"))
                     .unwrap_or_default();
+                let images = line
+                    .image_ready
+                    .as_ref()
+                    .map(|(s, _)| format!("  PodImageReady={s}"))
+                    .unwrap_or_default();
                 let text = format!(
-                    "      {node:<16} {:<14} hash {:<16} {:<9}{need}",
+                    "      {node:<16} {:<14} hash {:<16} {:<9}{need}{images}",
                     line.image,
                     line.hash,
                     if line.ready { "Ready" } else { "not ready" }

@@ -1,10 +1,11 @@
 //! The seed scenario: hand-placed pods, the StaticPod created, its image changed, and the
 //! rollout (or, with a broken image, the rollback) shown with its figures.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -187,7 +188,21 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         // The rollout ends when every pod runs the new hash and is Ready (the status, written
         // at most once a second, says so a little later).
         let mut converged_at = None;
+        // When each node was first seen with the new hash's images (PodImageReady=True).
+        let mut images_ready: BTreeMap<String, Instant> = BTreeMap::new();
+        let grants = GrantSampler::start(client.clone());
         follow(&sps, &pods, Duration::from_secs(1800), |sp, nodes| {
+            for (node, line) in nodes {
+                if line
+                    .image_ready
+                    .as_ref()
+                    .is_some_and(|(s, m)| s == "True" && m.contains(&new_hash))
+                {
+                    images_ready
+                        .entry(node.clone())
+                        .or_insert_with(Instant::now);
+                }
+            }
             if converged_at.is_none()
                 && nodes.len() == n
                 && nodes.values().all(|l| l.ready && l.hash == new_hash)
@@ -212,12 +227,45 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         let waves = n.div_ceil(budget);
         let ideal = options.ready_delay * waves as u32;
         println!("== rollout complete: {n}/{n}/{n} on {NEW_IMAGE} (hash {new_hash})");
-        println!(
-            "   took {:.2}s; ideal ceil({n}/{budget}) × ready-delay = {waves} × {:?} = {:.2}s",
-            took.as_secs_f64(),
-            options.ready_delay,
-            ideal.as_secs_f64()
-        );
+        let pull = options.pull_delay;
+        if pull.is_zero() {
+            println!(
+                "   took {:.2}s; ideal ceil({n}/{budget}) × ready-delay = {waves} × {:?} = {:.2}s",
+                took.as_secs_f64(),
+                options.ready_delay,
+                ideal.as_secs_f64()
+            );
+        } else {
+            println!(
+                "   took {:.2}s; ideal pull + ceil({n}/{budget}) × ready-delay = {:?} + {waves} × {:?} = {:.2}s (without pre-pull: {waves} × ({:?} + {:?}) = {:.2}s)",
+                took.as_secs_f64(),
+                pull,
+                options.ready_delay,
+                (pull + ideal).as_secs_f64(),
+                pull,
+                options.ready_delay,
+                ((pull + options.ready_delay) * waves as u32).as_secs_f64()
+            );
+            let first_write = manifest_write_delays(&cluster, changed_wall)
+                .into_iter()
+                .min();
+            let last_ready = images_ready.values().max().map(|at| *at - changed_at);
+            println!(
+                "   images pulled before the upgrade: PodImageReady=True seen on {}/{n} nodes, the last {} ms after the template change; first manifest written at {} ms",
+                images_ready.len(),
+                last_ready.map_or(0, |d| d.as_millis()),
+                first_write.map_or(0, |d| d.as_millis())
+            );
+        }
+        let holds = grants.stop().await;
+        if !holds.is_empty() {
+            let mean = holds.iter().sum::<Duration>() / holds.len() as u32;
+            println!(
+                "   grants held on average {} ms ({} grants, sampled every 100 ms)",
+                mean.as_millis(),
+                holds.len()
+            );
+        }
         let mut first_writes = manifest_write_delays(&cluster, changed_wall);
         first_writes.sort();
         if let (Some(first), Some(p50)) = (
@@ -288,6 +336,47 @@ fn start_controller(cluster: &DevCluster) -> Result<tokio::process::Child, DemoE
         .kill_on_drop(true)
         .spawn()
         .map_err(DemoError::Controller)
+}
+
+/// Samples the grant Leases while a rollout runs, to tell how long each was held.
+struct GrantSampler {
+    task: tokio::task::JoinHandle<BTreeMap<String, (Instant, Instant)>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl GrantSampler {
+    fn start(client: kube::Client) -> GrantSampler {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let leases: Api<Lease> = Api::namespaced(client, "staticpod-system");
+            let params = ListParams::default().labels(crate::rollout::grant::NODE_LABEL);
+            // Grant (Lease name) → first and last time it was seen held.
+            let mut held: BTreeMap<String, (Instant, Instant)> = BTreeMap::new();
+            while !*stopped.borrow() {
+                if let Ok(list) = leases.list(&params).await {
+                    let now = Instant::now();
+                    for lease in list.items {
+                        let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_ref());
+                        if let (Some(_), Some(name)) = (holder, lease.metadata.name) {
+                            held.entry(name).or_insert((now, now)).1 = now;
+                        }
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
+            }
+            held
+        });
+        GrantSampler { task, stop }
+    }
+
+    /// How long each grant seen was held.
+    async fn stop(self) -> Vec<Duration> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map(|held| held.values().map(|(first, last)| *last - *first).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// A process's CPU time and memory, from /proc.

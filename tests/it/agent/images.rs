@@ -291,3 +291,34 @@ async fn a_cri_endpoint_that_is_not_a_socket_stops_the_agent_with_the_key_named(
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_template_replaces_a_pull_still_running() {
+    use staticpod_puller::images::cri::Cri;
+    use staticpod_puller::images::{Prepull, PullState};
+    use staticpod_puller::sim::runtime::ImageStore;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let socket = dir.path().join("cri.sock");
+    let runtime = ImageStore::new(Duration::from_millis(800), Default::default());
+    let _server = runtime.serve(&socket).expect("serving the CRI socket");
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let prepull = Prepull::new(Some(Cri::new(&socket)), Duration::from_secs(30), 2, changed);
+    let (old, new) = (vec!["web:1".to_string()], vec!["web:2".to_string()]);
+    assert_eq!(prepull.ensure("web", "hash-1", &old), PullState::Pulling);
+    assert_eq!(prepull.ensure("web", "hash-2", &new), PullState::Pulling);
+    assert_eq!(
+        prepull.state("web", "hash-1"),
+        None,
+        "the older pull is gone"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        prepull.ready("web", "hash-2", &new),
+    )
+    .await
+    .expect("within 10 s")
+    .expect("pulled");
+    assert_eq!(prepull.state("web", "hash-2"), Some(PullState::Ready));
+    assert!(runtime.present("web:2", tokio::time::Instant::now()));
+}
