@@ -340,7 +340,7 @@ fn start_controller(cluster: &DevCluster) -> Result<tokio::process::Child, DemoE
 
 /// Samples the grant Leases while a rollout runs, to tell how long each was held.
 struct GrantSampler {
-    task: tokio::task::JoinHandle<BTreeMap<String, (Instant, Instant)>>,
+    task: tokio::task::JoinHandle<BTreeMap<String, Vec<(Instant, Instant)>>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -350,17 +350,24 @@ impl GrantSampler {
         let task = tokio::spawn(async move {
             let leases: Api<Lease> = Api::namespaced(client, "staticpod-system");
             let params = ListParams::default().labels(crate::rollout::grant::NODE_LABEL);
-            // Grant (Lease name) → first and last time it was seen held.
-            let mut held: BTreeMap<String, (Instant, Instant)> = BTreeMap::new();
+            // Grant (Lease name) → the periods it was seen held (first and last sample); a
+            // grant given back and handed out again later is a new period.
+            let mut held: BTreeMap<String, Vec<(Instant, Instant)>> = BTreeMap::new();
+            let mut last_sample = Instant::now();
             while !*stopped.borrow() {
                 if let Ok(list) = leases.list(&params).await {
                     let now = Instant::now();
                     for lease in list.items {
                         let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_ref());
                         if let (Some(_), Some(name)) = (holder, lease.metadata.name) {
-                            held.entry(name).or_insert((now, now)).1 = now;
+                            let periods = held.entry(name).or_default();
+                            match periods.last_mut() {
+                                Some(p) if p.1 >= last_sample => p.1 = now,
+                                _ => periods.push((now, now)),
+                            }
                         }
                     }
+                    last_sample = now;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
             }
@@ -369,12 +376,17 @@ impl GrantSampler {
         GrantSampler { task, stop }
     }
 
-    /// How long each grant seen was held.
+    /// How long each grant seen was held, to within a sample.
     async fn stop(self) -> Vec<Duration> {
         let _ = self.stop.send(true);
         self.task
             .await
-            .map(|held| held.values().map(|(first, last)| *last - *first).collect())
+            .map(|held| {
+                held.values()
+                    .flatten()
+                    .map(|(first, last)| *last - *first)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -9,7 +9,7 @@ mod prepull;
 
 use k8s_openapi::api::core::v1::Pod;
 
-pub use prepull::{Prepull, PullState};
+pub use prepull::{Prepull, PullState, REPORT_AFTER};
 
 /// OpenYurt's pod condition: the images of the desired template are on the node.
 pub const IMAGE_READY: &str = "PodImageReady";

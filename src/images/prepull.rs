@@ -35,7 +35,7 @@ struct Entry {
 
 /// A pull still running this long after it started is reported as one; a shorter one (the
 /// images were there) costs no `Pulling` condition or Event.
-pub const REPORT_AFTER: Duration = Duration::from_secs(1);
+pub const REPORT_AFTER: Duration = Duration::from_secs(3);
 
 /// The pulls of this node's agent.
 pub struct Prepull {

@@ -11,33 +11,34 @@ use crate::rollout::grant::{Finish, Grant};
 
 impl Reconciler {
     /// Where `d`'s images stand on this node, their pull started if it was not; what changed
-    /// is reported. Ready when pre-pull is off.
+    /// is reported. A pull over within [`images::REPORT_AFTER`] (the images were there) is not
+    /// reported at all: most templates cost no extra write. Ready when pre-pull is off.
     pub(super) async fn images(&mut self, d: &DesiredObject, mirror_name: &str) -> PullState {
         if !self.prepull.enabled() {
             return PullState::Ready;
         }
         let wanted = images::images_of(&d.rendered);
         let state = self.prepull.ensure(&d.manifest, &d.hash, &wanted);
-        if state == PullState::Pulling && !self.prepull.long_running(&d.manifest, &d.hash) {
-            // Most pulls find the images there: only one that takes a while is reported.
-            return state;
+        let reported = self.images_reported(d);
+        match state {
+            PullState::Pulling if !self.prepull.long_running(&d.manifest, &d.hash) => {
+                return state;
+            }
+            PullState::Ready if reported.is_none() => return state,
+            _ => {}
         }
         let (status, reason, message) = images::condition(&d.hash, &wanted, &state);
-        let seen = (d.hash.clone(), reason);
-        let before = self.memory.images.insert(d.manifest.clone(), seen.clone());
-        if before.as_ref() != Some(&seen) {
-            // Events for what an operator wants to hear of: a pull under way, its end, a
-            // failure; not images that were there all along.
-            let pulled = before.is_some_and(|(hash, r)| hash == d.hash && r == images::PULLING);
+        if reported != Some(reason) {
+            self.memory
+                .images
+                .insert(d.manifest.clone(), (d.hash.clone(), reason));
             let event = match state {
-                PullState::Pulling => Some(Reason::PullingImages),
-                PullState::Ready => pulled.then_some(Reason::ImagesReady),
-                PullState::Failed(_) => Some(Reason::ImagePullFailed),
+                PullState::Pulling => Reason::PullingImages,
+                PullState::Ready => Reason::ImagesReady,
+                PullState::Failed(_) => Reason::ImagePullFailed,
             };
             tracing::info!(object = %d.key, node = %self.node, %message, "images");
-            if let Some(event) = event {
-                self.events.emit(&d.key, &d.uid, event, &message).await;
-            }
+            self.events.emit(&d.key, &d.uid, event, &message).await;
         }
         // Kept on the pod even after kubelet recreated it without the condition.
         if let Some(pod) = self
@@ -51,6 +52,15 @@ impl Reconciler {
             tracing::warn!(object = %d.key, node = %self.node, error = %e, "setting PodImageReady");
         }
         state
+    }
+
+    /// The `PodImageReady` reason last reported for `d`'s desired hash, if any.
+    pub(super) fn images_reported(&self, d: &DesiredObject) -> Option<&'static str> {
+        self.memory
+            .images
+            .get(&d.manifest)
+            .filter(|(hash, _)| *hash == d.hash)
+            .map(|(_, reason)| *reason)
     }
 
     /// Give back a grant the node cannot use yet (its images are not there): the controller

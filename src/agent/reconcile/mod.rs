@@ -211,7 +211,11 @@ impl Reconciler {
                 }
                 Plan::Upgrade { .. } if self.images(d, &mirror_name).await != PullState::Ready => {
                     self.memory.members.insert(d.manifest.clone());
-                    if let Some(grant) = self.grant_for(d, &d.hash) {
+                    // A grant is given back once the pull is reported (the controller then
+                    // waits for it), not before: most checks end within seconds.
+                    if self.images_reported(d).is_some()
+                        && let Some(grant) = self.grant_for(d, &d.hash)
+                    {
                         self.give_back(d, &grant).await;
                     }
                     match self.prepull.state(&d.manifest, &d.hash) {

@@ -16,8 +16,8 @@ use super::ota::{call, ota_static_pod};
 use super::watch::file_hash;
 use super::{NEW_IMAGE, NS, OLD_IMAGE, static_pod, web};
 
-/// Longer than the agent's report threshold (1 s), so the pull is reported as under way.
-const PULL: Duration = Duration::from_millis(1500);
+/// Longer than the agent's report threshold (3 s), so the pull is reported as under way.
+const PULL: Duration = Duration::from_millis(3500);
 
 fn rv(e: &Event) -> u64 {
     e.metadata
@@ -211,7 +211,7 @@ async fn a_failed_pull_writes_nothing_takes_no_grant_and_warns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_api_takes_yurthub_s_imagepull_requests() {
-    let mut env = Env::start(1, Timings::fast()).await;
+    let mut env = Env::start_pulling(1, Timings::fast(), PULL).await;
     let node = env.nodes()[0].clone();
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
     env.create(ota_static_pod(OLD_IMAGE)).await;
