@@ -127,8 +127,8 @@ impl PolicyCache {
                 .to_string();
             let matcher = match spec.get("matchResources") {
                 Some(m) if !m.is_null() => Matcher::parse(m).unwrap_or_else(|e| {
-                    // A binding that does not parse matches nothing the policy could refuse
-                    // wrongly; its policy still names the problem when it is broken itself.
+                    // The API server refuses such a binding when it is written; the dev
+                    // cluster stores it, so it is logged and matches nothing.
                     tracing::warn!(binding = %binding_name, "binding matchResources: {e}");
                     Matcher::default()
                 }),
