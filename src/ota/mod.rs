@@ -549,7 +549,8 @@ impl Ota {
                 Record {
                     namespace: namespace.into(),
                     pod: pod.into(),
-                    phase: Phase::Writing,
+                    // The images come first (see below).
+                    phase: Phase::PullingImages,
                     from_hash: from,
                     to_hash: Some(d.hash.clone()),
                     started_at: Some(now_rfc3339()),
@@ -571,7 +572,6 @@ impl Ota {
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
             // The images first: the pod is down only for its restart.
             let images = crate::images::images_of(&d.rendered);
-            ota.set_record(&namespace, &pod, |r| r.phase = Phase::PullingImages);
             let result = match ota.prepull.ready(&d.manifest, &d.hash, &images).await {
                 Err(reason) => Err(format!("the images could not be pulled: {reason}")),
                 Ok(()) => {

@@ -322,3 +322,47 @@ async fn a_newer_template_replaces_a_pull_still_running() {
     assert_eq!(prepull.state("web", "hash-2"), Some(PullState::Ready));
     assert!(runtime.present("web:2", tokio::time::Instant::now()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imagepull_while_the_upgrade_runs_is_a_conflict_and_the_upgrade_pulls_first() {
+    let mut env = Env::start_pulling(1, Timings::fast(), PULL).await;
+    let node = env.nodes()[0].clone();
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    env.create(ota_static_pod(OLD_IMAGE)).await;
+    env.start_agent(&node, Settings::patient());
+    let api = env.local_api(&node).await;
+    let pod = format!("nginx-{node}");
+    env.set_image("nginx", NEW_IMAGE).await;
+    env.wait_need_upgrade(&node, "True").await;
+    let upgrade = format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}/upgrade");
+    let (status, body) = call(&api, "POST", &upgrade).await;
+    assert_eq!(status, 200, "{body}");
+    // The upgrade waits for the pull (3.5 s) before it writes.
+    let (status, body) = call(&api, "GET", &upgrade).await;
+    assert!(body.contains("pulling-images"), "{status}: {body}");
+    let on_disk = std::fs::read_to_string(env.manifest(&node, "nginx")).expect("manifest");
+    assert!(
+        on_disk.contains(OLD_IMAGE),
+        "nothing written while pulling: {on_disk}"
+    );
+    let (status, body) = call(
+        &api,
+        "POST",
+        &format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}/imagepull"),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    env.wait(
+        "the OTA upgrade to succeed",
+        Duration::from_secs(30),
+        async || {
+            let (_, body) = call(&api, "GET", &upgrade).await;
+            if body.contains("\"succeeded\"") {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+}
