@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
 use serde_json::{Value, json};
+use staticpod_puller::ota::client::LocalClient;
 use staticpod_puller::sim::kubelet::Timings;
 use staticpod_puller::sim::resource::ResourceKey;
 
@@ -209,8 +210,9 @@ async fn a_failed_pull_writes_nothing_takes_no_grant_and_warns() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_local_api_takes_yurthub_s_imagepull_requests() {
+/// One node with the seed's OTA object, its runtime pulling in [`PULL`], its agent running:
+/// the environment, the node, a client of its local API and its mirror pod's name.
+async fn ota_node() -> (Env, String, LocalClient, String) {
     let mut env = Env::start_pulling(1, Timings::fast(), PULL).await;
     let node = env.nodes()[0].clone();
     env.hand_place_everywhere("nginx", OLD_IMAGE).await;
@@ -218,6 +220,12 @@ async fn the_local_api_takes_yurthub_s_imagepull_requests() {
     env.start_agent(&node, Settings::patient());
     let api = env.local_api(&node).await;
     let pod = format!("nginx-{node}");
+    (env, node, api, pod)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_api_takes_yurthub_s_imagepull_requests() {
+    let (env, node, api, pod) = ota_node().await;
     let path = format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}/imagepull");
     env.wait_need_upgrade(&node, "False").await;
     let (status, body) = call(&api, "POST", &path).await;
@@ -325,13 +333,7 @@ async fn a_newer_template_replaces_a_pull_still_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_imagepull_while_the_upgrade_runs_is_a_conflict_and_the_upgrade_pulls_first() {
-    let mut env = Env::start_pulling(1, Timings::fast(), PULL).await;
-    let node = env.nodes()[0].clone();
-    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
-    env.create(ota_static_pod(OLD_IMAGE)).await;
-    env.start_agent(&node, Settings::patient());
-    let api = env.local_api(&node).await;
-    let pod = format!("nginx-{node}");
+    let (env, node, api, pod) = ota_node().await;
     env.set_image("nginx", NEW_IMAGE).await;
     env.wait_need_upgrade(&node, "True").await;
     let upgrade = format!("/openyurt.io/v1/namespaces/{NS}/pods/{pod}/upgrade");
