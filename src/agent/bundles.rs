@@ -263,8 +263,11 @@ fn apply_bundle(applier: &BundleApplier, origin: &Origin, objects: Vec<DesiredOb
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
             // Offline too the images come first; a node with a local mirror pulls them.
-            let images = crate::images::images_of(&d.rendered);
-            let pulled = prepull.ready(&d.manifest, &d.hash, &images).await;
+            let pulled = prepull
+                .ready(&d.manifest, &d.hash, || {
+                    crate::images::images_of(&d.rendered)
+                })
+                .await;
             let upgraded = match pulled {
                 Ok(()) => offline_upgrader
                     .upgrade(&d, None, superseded, || {})

@@ -96,39 +96,32 @@ pub fn members_by_object(
                 hash,
                 ready: pod_ready(pod),
                 canary: canary_nodes.contains(node),
-                images_ready: images_ready(pod),
-                images_not_ready: images_not_ready(pod),
+                // True: the message names the hash whose images are on the node (the pod
+                // itself still runs the old one); False: the reason (Pulling, PullFailed).
+                images_ready: image_condition(pod)
+                    .filter(|c| c.status == "True")
+                    .map(|c| c.message.clone().unwrap_or_default()),
+                images_not_ready: image_condition(pod)
+                    .filter(|c| c.status == "False")
+                    .map(|c| {
+                        (
+                            c.reason.clone().unwrap_or_default(),
+                            c.message.clone().unwrap_or_default(),
+                        )
+                    }),
             });
     }
     members
 }
 
-/// The message of a True `PodImageReady` condition (it names the hash whose images are on
-/// the node; the pod itself still runs the old one).
-fn images_ready(pod: &Pod) -> Option<String> {
+/// A pod's `PodImageReady` condition.
+fn image_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
     pod.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == IMAGE_READY_CONDITION && c.status == "True")
-        .map(|c| c.message.clone().unwrap_or_default())
-}
-
-/// The reason and message of a False `PodImageReady` condition.
-fn images_not_ready(pod: &Pod) -> Option<(String, String)> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == IMAGE_READY_CONDITION && c.status == "False")
-        .map(|c| {
-            (
-                c.reason.clone().unwrap_or_default(),
-                c.message.clone().unwrap_or_default(),
-            )
-        })
+        .find(|c| c.type_ == IMAGE_READY_CONDITION)
 }
 
 /// One object to coordinate.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt as _;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::cri::{Cri, CriError};
@@ -28,7 +28,8 @@ pub enum PullState {
 
 struct Entry {
     hash: String,
-    state: PullState,
+    /// Where the pull stands; [`Prepull::ready`] waits on it.
+    state: watch::Sender<PullState>,
     started: Instant,
     task: Option<tokio::task::AbortHandle>,
 }
@@ -73,14 +74,20 @@ impl Prepull {
     }
 
     /// Where `hash`'s images for `manifest` stand, starting their pull when the hash is new
-    /// for the manifest (stopping the pull of an older one).
-    pub fn ensure(self: &Arc<Self>, manifest: &str, hash: &str, images: &[String]) -> PullState {
+    /// for the manifest (stopping the pull of an older one). `images` lists them; it is
+    /// called only to start a pull.
+    pub fn ensure(
+        self: &Arc<Self>,
+        manifest: &str,
+        hash: &str,
+        images: impl FnOnce() -> Vec<String>,
+    ) -> PullState {
         let Some(cri) = self.cri.clone() else {
             return PullState::Ready;
         };
         let mut entries = self.entries();
         if let Some(e) = entries.get(manifest).filter(|e| e.hash == hash) {
-            return e.state.clone();
+            return e.state.borrow().clone();
         }
         if let Some(task) = entries.get(manifest).and_then(|e| e.task.clone()) {
             tracing::info!(%manifest, %hash, "a newer template: the pull of the previous one stops");
@@ -88,7 +95,7 @@ impl Prepull {
         }
         let this = self.clone();
         let (manifest_owned, hash_owned, images) =
-            (manifest.to_string(), hash.to_string(), images.to_vec());
+            (manifest.to_string(), hash.to_string(), images());
         let task = tokio::spawn(async move {
             let pulling = pull_all(&cri, &images, this.concurrency, this.timeout);
             tokio::pin!(pulling);
@@ -110,7 +117,7 @@ impl Prepull {
                 .get_mut(&manifest_owned)
                 .filter(|e| e.hash == hash_owned)
             {
-                e.state = state;
+                e.state.send_replace(state);
                 e.task = None;
             }
             this.changed.notify_one();
@@ -119,7 +126,7 @@ impl Prepull {
             manifest.to_string(),
             Entry {
                 hash: hash.to_string(),
-                state: PullState::Pulling,
+                state: watch::Sender::new(PullState::Pulling),
                 started: Instant::now(),
                 task: Some(task.abort_handle()),
             },
@@ -135,13 +142,17 @@ impl Prepull {
     }
 
     /// Pull `hash`'s images again (YurtHub's imagepull request): a failure is forgotten.
-    pub fn retry(self: &Arc<Self>, manifest: &str, hash: &str, images: &[String]) -> PullState {
+    pub fn retry(
+        self: &Arc<Self>,
+        manifest: &str,
+        hash: &str,
+        images: impl FnOnce() -> Vec<String>,
+    ) -> PullState {
         {
             let mut entries = self.entries();
-            if entries
-                .get(manifest)
-                .is_some_and(|e| e.hash == hash && matches!(e.state, PullState::Failed(_)))
-            {
+            if entries.get(manifest).is_some_and(|e| {
+                e.hash == hash && matches!(*e.state.borrow(), PullState::Failed(_))
+            }) {
                 entries.remove(manifest);
             }
         }
@@ -156,27 +167,37 @@ impl Prepull {
         self.entries()
             .get(manifest)
             .filter(|e| e.hash == hash)
-            .map(|e| e.state.clone())
+            .map(|e| e.state.borrow().clone())
     }
 
     /// Pull `hash`'s images if needed and wait until they are on the node (an OTA upgrade
-    /// pulls first); the error is the pull's.
+    /// pulls first); the error is the pull's, or that a newer template replaced it.
     pub async fn ready(
         self: &Arc<Self>,
         manifest: &str,
         hash: &str,
-        images: &[String],
+        images: impl FnOnce() -> Vec<String>,
     ) -> Result<(), String> {
-        loop {
-            let notified = self.changed.notified();
-            match self.ensure(manifest, hash, images) {
-                PullState::Ready => return Ok(()),
-                PullState::Failed(reason) => return Err(reason),
-                PullState::Pulling => {}
-            }
-            // The reconcile pass also waits on `changed`; a pass woken instead of this wait
-            // wakes it again, and the poll bounds a missed wake-up.
-            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        if self.ensure(manifest, hash, images) == PullState::Ready {
+            return Ok(());
+        }
+        let Some(mut state) = self
+            .entries()
+            .get(manifest)
+            .filter(|e| e.hash == hash)
+            .map(|e| e.state.subscribe())
+        else {
+            return Err(format!("a newer template replaced the pull of {hash}"));
+        };
+        let ended = state
+            .wait_for(|s| *s != PullState::Pulling)
+            .await
+            .map(|s| s.clone());
+        match ended {
+            Ok(PullState::Failed(reason)) => Err(reason),
+            Ok(_) => Ok(()),
+            // The entry (and its sender) went: a newer hash took the manifest's pull.
+            Err(_) => Err(format!("a newer template replaced the pull of {hash}")),
         }
     }
 }

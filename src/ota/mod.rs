@@ -434,8 +434,9 @@ impl Ota {
                     .to_string(),
             ));
         }
-        let images = crate::images::images_of(&d.rendered);
-        self.prepull.retry(&d.manifest, &d.hash, &images);
+        self.prepull.retry(&d.manifest, &d.hash, || {
+            crate::images::images_of(&d.rendered)
+        });
         self.changed.notify_one();
         tracing::info!(object = %d.key, node = %self.node, pod, hash = %d.hash, "image pre-pull requested through the local API");
         Ok(format!(
@@ -571,8 +572,13 @@ impl Ota {
             let target = d.hash.clone();
             let superseded = || *latest.lock().unwrap_or_else(|e| e.into_inner()) != target;
             // The images first: the pod is down only for its restart.
-            let images = crate::images::images_of(&d.rendered);
-            let result = match ota.prepull.ready(&d.manifest, &d.hash, &images).await {
+            let pulled = ota
+                .prepull
+                .ready(&d.manifest, &d.hash, || {
+                    crate::images::images_of(&d.rendered)
+                })
+                .await;
+            let result = match pulled {
                 Err(reason) => Err(format!("the images could not be pulled: {reason}")),
                 Ok(()) => {
                     ota.set_record(&namespace, &pod, |r| r.phase = Phase::Writing);

@@ -161,10 +161,12 @@ impl DevCluster {
             })?;
         }
         let index = self.nodes.len();
-        match self
-            .store
-            .create(&ResourceKey::core("nodes"), None, node_object(name, index))
-        {
+        match self.store.create(
+            &ResourceKey::core("nodes"),
+            None,
+            node_object(name, index),
+            &(),
+        ) {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
             Err(source) => {
@@ -279,7 +281,7 @@ impl DevCluster {
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
                 .or(rt.namespaced.then_some("default"));
-            match self.store.create(&rt.key(), ns, obj.clone()) {
+            match self.store.create(&rt.key(), ns, obj.clone(), &()) {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
                 Err(source) => return Err(DevClusterError::Register { what, source }),

@@ -36,10 +36,9 @@ async fn a_real_containerd_pulls_through_the_agent_s_cri_client() {
     // The pre-pull finds it there: nothing pulled again.
     let changed = Arc::new(tokio::sync::Notify::new());
     let prepull = Prepull::new(Some(cri.clone()), Duration::from_secs(60), 2, changed);
-    let images = vec![image.clone()];
     tokio::time::timeout(
         Duration::from_secs(30),
-        prepull.ready("tiny", "hash-1", &images),
+        prepull.ready("tiny", "hash-1", || vec![image.clone()]),
     )
     .await
     .expect("within 30 s")

@@ -17,8 +17,10 @@ impl Reconciler {
         if !self.prepull.enabled() {
             return PullState::Ready;
         }
-        let wanted = images::images_of(&d.rendered);
-        let state = self.prepull.ensure(&d.manifest, &d.hash, &wanted);
+        // The manifest is parsed for its images only to start a pull, or to report one.
+        let state = self
+            .prepull
+            .ensure(&d.manifest, &d.hash, || images::images_of(&d.rendered));
         let reported = self.images_reported(d);
         match state {
             PullState::Pulling if !self.prepull.long_running(&d.manifest, &d.hash) => {
@@ -27,6 +29,7 @@ impl Reconciler {
             PullState::Ready if reported.is_none() => return state,
             _ => {}
         }
+        let wanted = images::images_of(&d.rendered);
         let (status, reason, message) = images::condition(&d.hash, &wanted, &state);
         if reported != Some(reason) {
             self.memory

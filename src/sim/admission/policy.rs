@@ -65,16 +65,53 @@ struct Rule {
 
 /// The policies in force for one request, each with the binding that puts it in force.
 pub struct PolicyAdmission {
-    bound: Vec<(Arc<CompiledPolicy>, String, Matcher)>,
+    bound: Vec<(Arc<CompiledPolicy>, Arc<Binding>)>,
     username: String,
     groups: Vec<String>,
     namespace_object: Option<Value>,
 }
 
-/// Compiled policies by name, reused while the policy's resourceVersion stays the same.
+/// One binding, parsed.
+#[derive(Debug)]
+struct Binding {
+    name: String,
+    policy: String,
+    /// `validationActions` holds `Deny` (Warn and Audit refuse nothing).
+    deny: bool,
+    matcher: Matcher,
+}
+
+/// Compiled policies and parsed bindings by name, reused while their resourceVersion stays
+/// the same.
 #[derive(Default)]
 pub struct PolicyCache {
-    compiled: Mutex<HashMap<String, (String, Arc<CompiledPolicy>)>>,
+    policies: Mutex<HashMap<String, (String, Arc<CompiledPolicy>)>>,
+    bindings: Mutex<HashMap<String, (String, Arc<Binding>)>>,
+}
+
+/// `object` built by `build`, or as built before while its resourceVersion is unchanged.
+fn cached<T>(
+    cache: &Mutex<HashMap<String, (String, Arc<T>)>>,
+    object: &Value,
+    build: impl FnOnce(&Value) -> T,
+) -> Arc<T> {
+    let text = |pointer: &str| {
+        object
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (name, rv) = (text("/metadata/name"), text("/metadata/resourceVersion"));
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    match cache.get(&name) {
+        Some((seen, built)) if *seen == rv => built.clone(),
+        _ => {
+            let built = Arc::new(build(object));
+            cache.insert(name, (rv, built.clone()));
+            built
+        }
+    }
 }
 
 impl PolicyCache {
@@ -88,62 +125,53 @@ impl PolicyCache {
         groups: &[String],
         namespace_object: Option<Value>,
     ) -> PolicyAdmission {
-        let mut cache = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-        let mut by_name = HashMap::new();
-        for p in policies {
-            let name = p
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let rv = p
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let compiled = match cache.get(name) {
-                Some((seen, c)) if seen == rv => c.clone(),
-                _ => {
-                    let c = Arc::new(CompiledPolicy::compile(p));
-                    cache.insert(name.to_string(), (rv.to_string(), c.clone()));
-                    c
-                }
-            };
-            by_name.insert(name.to_string(), compiled);
-        }
-        let mut bound = Vec::new();
-        for b in bindings {
-            let spec = &b["spec"];
-            let actions = spec["validationActions"].as_array();
-            // Warn and Audit refuse nothing.
-            if !actions.is_some_and(|a| a.iter().any(|v| v == "Deny")) {
-                continue;
-            }
-            let Some(policy) = spec["policyName"].as_str().and_then(|n| by_name.get(n)) else {
-                continue;
-            };
-            let binding_name = b
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let matcher = match spec.get("matchResources") {
-                Some(m) if !m.is_null() => Matcher::parse(m).unwrap_or_else(|e| {
-                    // The API server refuses such a binding when it is written; the dev
-                    // cluster stores it, so it is logged and matches nothing.
-                    tracing::warn!(binding = %binding_name, "binding matchResources: {e}");
-                    Matcher::default()
-                }),
-                _ => Matcher {
-                    all_resources: true,
-                    ..Matcher::default()
-                },
-            };
-            bound.push((policy.clone(), binding_name, matcher));
-        }
+        let by_name: HashMap<String, Arc<CompiledPolicy>> = policies
+            .iter()
+            .map(|p| cached(&self.policies, p, CompiledPolicy::compile))
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        let bound = bindings
+            .iter()
+            .map(|b| cached(&self.bindings, b, Binding::parse))
+            .filter(|b| b.deny)
+            .filter_map(|b| Some((by_name.get(&b.policy)?.clone(), b)))
+            .collect();
         PolicyAdmission {
             bound,
             username: username.to_string(),
             groups: groups.to_vec(),
             namespace_object,
+        }
+    }
+}
+
+impl Binding {
+    fn parse(binding: &Value) -> Binding {
+        let spec = &binding["spec"];
+        let name = binding
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let matcher = match spec.get("matchResources") {
+            Some(m) if !m.is_null() => Matcher::parse(m).unwrap_or_else(|e| {
+                // The API server refuses such a binding when it is written; the dev cluster
+                // stores it, so it is logged and matches nothing.
+                tracing::warn!(binding = %name, "binding matchResources: {e}");
+                Matcher::default()
+            }),
+            _ => Matcher {
+                all_resources: true,
+                ..Matcher::default()
+            },
+        };
+        Binding {
+            policy: spec["policyName"].as_str().unwrap_or_default().to_string(),
+            deny: spec["validationActions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == "Deny")),
+            matcher,
+            name,
         }
     }
 }
@@ -311,13 +339,14 @@ impl Rule {
 
 impl Admit for PolicyAdmission {
     fn admit(&self, rt: &ResourceType, write: &Proposed<'_>) -> Result<(), ApiError> {
-        for (policy, binding, matcher) in &self.bound {
+        for (policy, binding) in &self.bound {
             let ns = self.namespace_object.as_ref();
-            if !policy.constraints.matches(rt, write, ns) || !matcher.matches(rt, write, ns) {
+            if !policy.constraints.matches(rt, write, ns) || !binding.matcher.matches(rt, write, ns)
+            {
                 continue;
             }
             if let Some(refusal) = self.evaluate(policy, rt, write) {
-                return Err(refused(rt, write, &policy.name, binding, refusal));
+                return Err(refused(rt, write, &policy.name, &binding.name, refusal));
             }
         }
         Ok(())

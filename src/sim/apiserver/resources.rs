@@ -256,12 +256,12 @@ async fn serve(
         }
         Action::Create => {
             let obj = object.unwrap_or(Value::Null);
-            let created = store.create_with(&rt.key(), ns, obj, admit)?;
+            let created = store.create(&rt.key(), ns, obj, admit)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         Action::Update => {
             let obj = object.unwrap_or(Value::Null);
-            let updated = store.update_with(&rt.key(), ns, name, obj, sub, admit)?;
+            let updated = store.update(&rt.key(), ns, name, obj, sub, admit)?;
             Ok(json_response(StatusCode::OK, &updated))
         }
         Action::Patch => {
@@ -272,12 +272,12 @@ async fn serve(
                 .unwrap_or_default();
             let kind = PatchKind::from_content_type(content_type)
                 .ok_or_else(|| unsupported_patch(content_type))?;
-            let patched = store.patch_with(&rt.key(), ns, name, kind, &bytes, sub, admit)?;
+            let patched = store.patch(&rt.key(), ns, name, kind, &bytes, sub, admit)?;
             Ok(json_response(StatusCode::OK, &patched))
         }
         Action::Delete => {
             let preconditions = delete_options.as_ref().and_then(|o| o.get("preconditions"));
-            let deleted = store.delete_with(&rt.key(), ns, name, preconditions, admit)?;
+            let deleted = store.delete(&rt.key(), ns, name, preconditions, admit)?;
             Ok(json_response(StatusCode::OK, &deleted))
         }
         Action::DeleteCollection => {
@@ -287,7 +287,7 @@ async fn serve(
                 let item_ns =
                     crate::sim::store::meta_str(&item, "namespace").filter(|n| !n.is_empty());
                 let item_name = crate::sim::store::meta_str(&item, "name").unwrap_or_default();
-                match store.delete_with(&rt.key(), item_ns, item_name, None, admit) {
+                match store.delete(&rt.key(), item_ns, item_name, None, admit) {
                     Ok(obj) => deleted.push(obj),
                     // Deleted meanwhile by someone else: nothing left to do.
                     Err(e) if e.code == 404 => {}

@@ -255,6 +255,7 @@ impl Sync {
                         Some(&pod.namespace),
                         &pod.mirror_name,
                         None,
+                        &(),
                     );
                 } else if pod.recreate_at.is_none() && pod.appear_at + self.timings.poll < now {
                     // Deleted through the API: kubelet recreates it on its next sync.
@@ -266,7 +267,10 @@ impl Sync {
                 }
                 pod.recreate_at = None;
                 let mirror = mirror_pod(&self.node, pod);
-                if let Err(e) = self.store.create(&pods_key(), Some(&pod.namespace), mirror) {
+                if let Err(e) = self
+                    .store
+                    .create(&pods_key(), Some(&pod.namespace), mirror, &())
+                {
                     tracing::debug!(node = %self.node, pod = %pod.mirror_name, error = %e, "creating mirror pod");
                     continue;
                 }
@@ -332,17 +336,20 @@ impl Sync {
                     .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
                     .is_some();
                 if is_mirror && !known {
-                    let _ = self.store.delete(&pods_key(), Some(ns), name, None);
+                    let _ = self.store.delete(&pods_key(), Some(ns), name, None, &());
                 }
             }
         }
     }
 
     fn delete_mirror(&self, pod: &LocalPod) {
-        match self
-            .store
-            .delete(&pods_key(), Some(&pod.namespace), &pod.mirror_name, None)
-        {
+        match self.store.delete(
+            &pods_key(),
+            Some(&pod.namespace),
+            &pod.mirror_name,
+            None,
+            &(),
+        ) {
             Ok(_) => {}
             Err(e) if e.code == 404 => {}
             Err(e) => {

@@ -167,6 +167,7 @@ impl Store {
                 None,
                 json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]},
                        "status": {"phase": "Active"}}),
+                &(),
             );
             debug_assert!(
                 created.is_ok(),
@@ -398,6 +399,7 @@ mod tests {
                     &pods(),
                     Some("default"),
                     json!({"metadata": {"name": name}, "spec": {"nodeName": node}}),
+                    &(),
                 )
                 .unwrap();
         }
@@ -411,6 +413,7 @@ mod tests {
                 &pods(),
                 Some("kube-system"),
                 json!({"metadata": {"name": "c"}, "spec": {"nodeName": "n1"}}),
+                &(),
             )
             .unwrap();
         store
@@ -420,7 +423,9 @@ mod tests {
             .unwrap();
         assert_eq!(on_node(&store, "n1"), ["a", "b", "c"]);
         assert!(on_node(&store, "n2").is_empty(), "b moved away");
-        store.delete(&pods(), Some("default"), "a", None).unwrap();
+        store
+            .delete(&pods(), Some("default"), "a", None, &())
+            .unwrap();
         assert_eq!(on_node(&store, "n1"), ["b", "c"]);
         let selectors = Selectors::parse(None, Some("spec.nodeName=n1")).unwrap();
         let (items, _) = store.list(&pods(), Some("default"), &selectors).unwrap();
@@ -444,6 +449,7 @@ mod tests {
                 &pods(),
                 Some("default"),
                 json!({"metadata": {"name": "x"}, "spec": {"nodeName": "n2"}}),
+                &(),
             )
             .unwrap();
         store

@@ -15,17 +15,9 @@ use crate::sim::patch::{self, PatchKind};
 use crate::sim::resource::{ResourceKey, ResourceType};
 
 impl Store {
+    /// POST, with `admit` deciding on the object as it would be stored (`&()` admits all:
+    /// the dev cluster's own writes).
     pub fn create(
-        &self,
-        key: &ResourceKey,
-        ns: Option<&str>,
-        obj: Value,
-    ) -> Result<Arc<Value>, ApiError> {
-        self.create_with(key, ns, obj, &())
-    }
-
-    /// POST, with `admit` deciding on the object as it would be stored.
-    pub fn create_with(
         &self,
         key: &ResourceKey,
         ns: Option<&str>,
@@ -106,20 +98,9 @@ impl Store {
         Ok(obj)
     }
 
-    /// PUT: replace an object. A `metadata.resourceVersion` that is not current is a conflict.
+    /// PUT: replace an object, with `admit` deciding on it as it would be stored. A
+    /// `metadata.resourceVersion` that is not current is a conflict.
     pub fn update(
-        &self,
-        key: &ResourceKey,
-        ns: Option<&str>,
-        name: &str,
-        obj: Value,
-        sub: Subresource,
-    ) -> Result<Arc<Value>, ApiError> {
-        self.update_with(key, ns, name, obj, sub, &())
-    }
-
-    /// PUT, with `admit` deciding on the object as it would be stored.
-    pub fn update_with(
         &self,
         key: &ResourceKey,
         ns: Option<&str>,
@@ -131,22 +112,10 @@ impl Store {
         self.write(key, ns, name, sub, admit, |_rt, _current| Ok(obj))
     }
 
-    /// PATCH: apply a JSON merge, JSON, or strategic merge patch to the current object.
-    pub fn patch(
-        &self,
-        key: &ResourceKey,
-        ns: Option<&str>,
-        name: &str,
-        kind: PatchKind,
-        body: &[u8],
-        sub: Subresource,
-    ) -> Result<Arc<Value>, ApiError> {
-        self.patch_with(key, ns, name, kind, body, sub, &())
-    }
-
-    /// PATCH, with `admit` deciding on the patched object.
+    /// PATCH: apply a JSON merge, JSON, or strategic merge patch to the current object, with
+    /// `admit` deciding on the patched object.
     #[allow(clippy::too_many_arguments)]
-    pub fn patch_with(
+    pub fn patch(
         &self,
         key: &ResourceKey,
         ns: Option<&str>,
@@ -311,19 +280,9 @@ impl Store {
         Ok(obj)
     }
 
-    /// Delete an object, honouring `preconditions` (uid, resourceVersion) when given.
+    /// Delete an object, honouring `preconditions` (uid, resourceVersion) when given, with
+    /// `admit` deciding on the object as it is stored.
     pub fn delete(
-        &self,
-        key: &ResourceKey,
-        ns: Option<&str>,
-        name: &str,
-        preconditions: Option<&Value>,
-    ) -> Result<Arc<Value>, ApiError> {
-        self.delete_with(key, ns, name, preconditions, &())
-    }
-
-    /// DELETE, with `admit` deciding on the object as it is stored.
-    pub fn delete_with(
         &self,
         key: &ResourceKey,
         ns: Option<&str>,

@@ -391,7 +391,14 @@ impl Env {
                 .unwrap_or_default()
                 .to_string();
             self.store()
-                .update(&ResourceKey::crds(), None, &name, crd, Subresource::Main)
+                .update(
+                    &ResourceKey::crds(),
+                    None,
+                    &name,
+                    crd,
+                    Subresource::Main,
+                    &(),
+                )
                 .unwrap_or_else(|e| panic!("replacing CRD {name}: {e}"));
         }
     }

@@ -313,8 +313,14 @@ async fn a_newer_template_replaces_a_pull_still_running() {
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let prepull = Prepull::new(Some(Cri::new(&socket)), Duration::from_secs(30), 2, changed);
     let (old, new) = (vec!["web:1".to_string()], vec!["web:2".to_string()]);
-    assert_eq!(prepull.ensure("web", "hash-1", &old), PullState::Pulling);
-    assert_eq!(prepull.ensure("web", "hash-2", &new), PullState::Pulling);
+    assert_eq!(
+        prepull.ensure("web", "hash-1", || old.clone()),
+        PullState::Pulling
+    );
+    assert_eq!(
+        prepull.ensure("web", "hash-2", || new.clone()),
+        PullState::Pulling
+    );
     assert_eq!(
         prepull.state("web", "hash-1"),
         None,
@@ -322,7 +328,7 @@ async fn a_newer_template_replaces_a_pull_still_running() {
     );
     tokio::time::timeout(
         Duration::from_secs(10),
-        prepull.ready("web", "hash-2", &new),
+        prepull.ready("web", "hash-2", || new.clone()),
     )
     .await
     .expect("within 10 s")
