@@ -8,6 +8,7 @@ pub mod controller;
 pub mod demo;
 pub mod desired;
 pub mod images;
+pub mod kill_point;
 pub mod kubeclient;
 pub mod manifest;
 pub mod metrics;

@@ -137,7 +137,9 @@ impl ManifestStore {
         if self.read(manifest)?.as_deref() == Some(bytes) {
             return Ok(WriteOutcome::Unchanged);
         }
-        atomic_write(&self.manifest_dir, &path, bytes)?;
+        write_atomic_mode(&self.manifest_dir, &path, bytes, None, || {
+            crate::kill_point::reached(crate::kill_point::KillPoint::MidWrite)
+        })?;
         Ok(WriteOutcome::Written)
     }
 
@@ -261,7 +263,7 @@ fn revision_files(dir: &Path) -> Result<Vec<(u64, String, PathBuf)>, StoreError>
 
 /// Temp file (dot-prefixed, same directory), fsync, rename, fsync the directory.
 fn atomic_write(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    write_atomic_mode(dir, path, bytes, None)
+    write_atomic_mode(dir, path, bytes, None, || {})
 }
 
 /// The file a temp file of [`write_atomic_mode`] was for (`.<file>.<pid>.tmp` → `<file>`).
@@ -304,7 +306,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Sto
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    write_atomic_mode(dir, path, bytes, Some(mode))
+    write_atomic_mode(dir, path, bytes, Some(mode), || {})
 }
 
 fn write_atomic_mode(
@@ -312,6 +314,7 @@ fn write_atomic_mode(
     path: &Path,
     bytes: &[u8],
     mode: Option<u32>,
+    before_rename: impl FnOnce(),
 ) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file_name = path
@@ -333,6 +336,7 @@ fn write_atomic_mode(
         }
         f.write_all(bytes).map_err(io("writing temp file", &tmp))?;
         f.sync_all().map_err(io("syncing temp file", &tmp))?;
+        before_rename();
         std::fs::rename(&tmp, path).map_err(io("renaming temp file onto", path))?;
         File::open(dir)
             .and_then(|d| d.sync_all())

@@ -1,9 +1,11 @@
 //! One upgrade of one manifest on this node: back up → journal → atomic write → wait until
-//! the mirror pod carries the new hash and is Ready → done; on the deadline, restore the
-//! previous manifest atomically, remember the failed hash, and report.
+//! the mirror pod carries the new hash and is Ready → done; on the deadline, remember the
+//! failed hash, restore the previous manifest atomically, and report.
 //!
 //! The grant (if any) is the controller's; the upgrade renews it while waiting and finishes it
-//! (the outcome recorded, the grant released) when it ends.
+//! (the outcome recorded, the grant released) when it ends, before it closes the journal: an
+//! open journal entry means "not over", so a restarted agent finds every upgrade whose grant
+//! may still be open, and a closed one means the grant carries the outcome.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use super::grant::{Finish, Grant, Grants};
 use super::journal::{Entry, Journal, JournalError};
 use super::plan::{MirrorState, local_hash};
 use crate::desired::DesiredObject;
+use crate::kill_point::{KillPoint, reached};
 use crate::manifest::store::{ManifestStore, StoreError};
 
 /// File in the state directory remembering hashes rolled back on this node, per manifest.
@@ -147,6 +150,26 @@ impl FailedHashes {
         let bytes = serde_json::to_vec_pretty(&*map).unwrap_or_default();
         store.write_state(FAILED_FILE, &bytes)
     }
+
+    /// `hash` is being tried again (a retry): forget that it failed, so a failure recorded
+    /// from now on is this attempt's.
+    fn forget(&self, store: &ManifestStore, manifest: &str, hash: &str) -> Result<(), StoreError> {
+        let mut map = self.by_manifest.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(manifest).map(String::as_str) != Some(hash) {
+            return Ok(());
+        }
+        map.remove(manifest);
+        let bytes = serde_json::to_vec_pretty(&*map).unwrap_or_default();
+        store.write_state(FAILED_FILE, &bytes)
+    }
+
+    fn failed(&self, manifest: &str, hash: &str) -> bool {
+        self.by_manifest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(manifest)
+            .is_some_and(|h| h == hash)
+    }
 }
 
 /// Everything an upgrade needs.
@@ -186,6 +209,9 @@ impl Upgrader {
         superseded: impl Fn() -> bool,
         on_written: impl FnOnce(),
     ) -> Result<Outcome, UpgradeError> {
+        if grant.is_some() {
+            reached(KillPoint::Granted);
+        }
         let result = match self.write(desired, grant).await {
             Ok(entry) => {
                 on_written();
@@ -199,7 +225,9 @@ impl Upgrader {
     }
 
     /// Finish an upgrade a previous run of the agent left in the journal, holding `grant` (the
-    /// one it held, if it is still ours) until it ends.
+    /// one it held, if it is still open) until it ends. Whatever step the run was killed at,
+    /// the grant is taken up at once: finished with the outcome, or kept for the upgrade the
+    /// reconcile pass starts again.
     pub async fn resume(
         &self,
         desired: Option<&DesiredObject>,
@@ -207,7 +235,6 @@ impl Upgrader {
         grant: Option<(&Grants, &Grant)>,
     ) -> Result<Outcome, UpgradeError> {
         let object = entry.object.clone();
-        let journal = Journal::new(&self.store);
         let local = self
             .store
             .read(&entry.manifest)
@@ -217,22 +244,50 @@ impl Upgrader {
             })?;
         let written =
             local.as_deref().and_then(local_hash).as_deref() == Some(entry.target_hash.as_str());
-        let Some(desired) = desired.filter(|d| d.hash == entry.target_hash && written) else {
-            // Killed before the write, or the template changed since: nothing to finish; the
-            // reconcile loop plans afresh from what is on disk.
-            let result = journal
-                .end(&entry.manifest)
-                .map(|()| Outcome::Superseded)
-                .map_err(|source| UpgradeError::Journal { object, source });
+        let Some(desired) = desired.filter(|d| d.hash == entry.target_hash) else {
+            // The template changed since: nothing of this upgrade to finish; the reconcile
+            // pass plans afresh from what is on disk.
             release(grant, &Finish::Released).await;
-            return result;
+            return self
+                .close(&object, &entry.manifest)
+                .map(|()| Outcome::Superseded);
         };
-        let elapsed =
-            Duration::from_secs(unix_now().saturating_sub(entry.started_at).max(0) as u64);
-        let deadline = Instant::now() + self.progress_deadline.saturating_sub(elapsed);
-        tracing::info!(object = %object, node = %self.node, "resuming an upgrade left by a previous run");
-        let result = self.wait(desired, entry, deadline, grant, || false).await;
-        self.finish(desired, grant, result).await
+        if written {
+            let elapsed =
+                Duration::from_secs(unix_now().saturating_sub(entry.started_at).max(0) as u64);
+            let deadline = Instant::now() + self.progress_deadline.saturating_sub(elapsed);
+            tracing::info!(object = %object, node = %self.node, "resuming an upgrade left by a previous run");
+            let result = self.wait(desired, entry, deadline, grant, || false).await;
+            return self.finish(desired, grant, result).await;
+        }
+        if self.failed.failed(&entry.manifest, &entry.target_hash) {
+            // Killed after the rollback restored the previous revision.
+            let rolled_back = Outcome::RolledBack {
+                reason: format!(
+                    "not Ready on {} within {:?} (rolled back before the agent restarted)",
+                    entry.target_hash, self.progress_deadline
+                ),
+                restored: entry
+                    .previous_revision
+                    .clone()
+                    .unwrap_or_else(|| "nothing".into()),
+            };
+            return self.finish(desired, grant, Ok(rolled_back)).await;
+        }
+        // Killed before the write: the grant (still open) stays held, and the reconcile pass
+        // starts the upgrade again with it.
+        tracing::info!(object = %object, node = %self.node, "an upgrade left by a previous run had not written its manifest; starting it again");
+        self.close(&object, &entry.manifest)
+            .map(|()| Outcome::Superseded)
+    }
+
+    fn close(&self, object: &str, manifest: &str) -> Result<(), UpgradeError> {
+        Journal::new(&self.store)
+            .end(manifest)
+            .map_err(|source| UpgradeError::Journal {
+                object: object.to_string(),
+                source,
+            })
     }
 
     /// Back up the current manifest, journal the upgrade, write the new manifest.
@@ -256,6 +311,9 @@ impl Upgrader {
             })?;
         let previous_revision =
             local_hash(&previous).unwrap_or_else(|| format!("unhashed-{}", short_sha(&previous)));
+        self.failed
+            .forget(&self.store, &desired.manifest, &desired.hash)
+            .map_err(store_err)?;
         self.store
             .save_revision(
                 &desired.manifest,
@@ -278,10 +336,12 @@ impl Upgrader {
                 object: object.clone(),
                 source,
             })?;
+        reached(KillPoint::Journaled);
         tracing::info!(from = %previous_revision, "upgrade started: writing manifest");
         self.store
             .write(&desired.manifest, &desired.rendered)
             .map_err(store_err)?;
+        reached(KillPoint::Written);
         // After the write: kubelet works on it while the event is posted.
         self.events
             .emit(
@@ -295,7 +355,8 @@ impl Upgrader {
     }
 
     /// Wait until the mirror pod runs the new hash and is Ready (woken by changes of the pod
-    /// cache, not polling), renewing the grant; roll back on the deadline.
+    /// cache, not polling), renewing the grant; roll back on the deadline. The journal stays
+    /// open: [`Upgrader::finish`] closes it once the grant carries the outcome.
     async fn wait(
         &self,
         desired: &DesiredObject,
@@ -304,12 +365,6 @@ impl Upgrader {
         grant: Option<(&Grants, &Grant)>,
         superseded: impl Fn() -> bool,
     ) -> Result<Outcome, UpgradeError> {
-        let object = desired.key.to_string();
-        let journal_err = |source| UpgradeError::Journal {
-            object: object.clone(),
-            source,
-        };
-        let journal = Journal::new(&self.store);
         let started = Instant::now();
         let mirror_name = format!("{}-{}", desired.key.name, self.node);
         let renew_every = self.lease_duration / 3;
@@ -338,13 +393,12 @@ impl Upgrader {
                 .as_ref()
                 .is_some_and(|m| m.ready && m.hash.as_deref() == Some(desired.hash.as_str()))
             {
-                journal.end(&entry.manifest).map_err(journal_err)?;
+                reached(KillPoint::Ready);
                 return Ok(Outcome::Succeeded {
                     elapsed: started.elapsed(),
                 });
             }
             if superseded() {
-                journal.end(&entry.manifest).map_err(journal_err)?;
                 tracing::info!("upgrade superseded by a newer template");
                 return Ok(Outcome::Superseded);
             }
@@ -388,7 +442,8 @@ impl Upgrader {
         }
     }
 
-    /// Restore the previous manifest and remember the failed hash.
+    /// Remember the failed hash, then restore the previous manifest (in that order: a run
+    /// killed in between finds the hash failed, and does not try it again).
     fn roll_back(
         &self,
         desired: &DesiredObject,
@@ -407,6 +462,9 @@ impl Upgrader {
                 .map_err(store_err)?,
             None => None,
         };
+        self.failed
+            .record(&self.store, &entry.manifest, &entry.target_hash)
+            .map_err(store_err)?;
         match &previous {
             Some(bytes) => {
                 self.store
@@ -417,15 +475,6 @@ impl Upgrader {
                 tracing::error!(manifest = %entry.manifest, "no saved revision to restore; leaving the new manifest")
             }
         }
-        self.failed
-            .record(&self.store, &entry.manifest, &entry.target_hash)
-            .map_err(store_err)?;
-        Journal::new(&self.store)
-            .end(&entry.manifest)
-            .map_err(|source| UpgradeError::Journal {
-                object: object.clone(),
-                source,
-            })?;
         let restored = entry
             .previous_revision
             .clone()
@@ -433,7 +482,8 @@ impl Upgrader {
         Ok(Outcome::RolledBack { reason, restored })
     }
 
-    /// Finish the grant with the outcome, then report it (log and Event).
+    /// Finish the grant with the outcome, close the journal, then report it (log and Event).
+    /// An error leaves the journal open, for the next run to finish.
     async fn finish(
         &self,
         desired: &DesiredObject,
@@ -446,6 +496,16 @@ impl Upgrader {
             Ok(Outcome::Superseded) | Err(_) => Finish::Released,
         };
         release(grant, &how).await;
+        if grant.is_some() {
+            reached(KillPoint::OutcomeRecorded);
+        }
+        let result = match result {
+            Ok(outcome) => self
+                .close(&desired.key.to_string(), &desired.manifest)
+                .map(|()| outcome),
+            Err(e) => Err(e),
+        };
+        reached(KillPoint::JournalClosed);
         let outcome = match &result {
             Ok(Outcome::Succeeded { .. }) => "succeeded",
             Ok(Outcome::RolledBack { .. }) => "rolled_back",

@@ -206,6 +206,11 @@ impl Env {
 
     /// Start the controller (once: it hands out the grants rolling upgrades wait for).
     pub(crate) fn start_controller(&mut self) {
+        self.start_controller_granting(Duration::from_secs(3));
+    }
+
+    /// Start the controller, its grants lasting `grant_duration` unless renewed.
+    pub(super) fn start_controller_granting(&mut self, grant_duration: Duration) {
         if self.controller.is_some() {
             return;
         }
@@ -215,7 +220,7 @@ impl Env {
                 client,
                 "staticpod-system",
                 "test-controller",
-                Duration::from_secs(3),
+                grant_duration,
             )
             .await;
         }));
@@ -273,6 +278,16 @@ impl Env {
 
     /// Spawn `staticpod-puller --config <config> run` for a node.
     pub(crate) fn spawn_agent_with(&self, node: &str, config: &Path) -> AgentProc {
+        self.spawn_agent_env(node, config, &[])
+    }
+
+    /// As [`Env::spawn_agent_with`], with `vars` set in the agent's environment.
+    pub(super) fn spawn_agent_env(
+        &self,
+        node: &str,
+        config: &Path,
+        vars: &[(&str, &str)],
+    ) -> AgentProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -282,6 +297,7 @@ impl Env {
             .arg("--config")
             .arg(config)
             .arg("run")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -15,6 +15,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod images;
+mod kill_points;
 mod local_api;
 mod ota;
 mod rollout;
