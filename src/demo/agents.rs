@@ -73,18 +73,19 @@ pub(super) async fn start_agents(
             path: log.clone(),
             source,
         })?;
-        let child = tokio::process::Command::new(&exe)
+        let mut command = tokio::process::Command::new(&exe);
+        command
             .arg("--config")
             .arg(&config)
             .arg("run")
             .stdout(std::process::Stdio::null())
             .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| DemoError::Agent {
-                node: node.name.clone(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        super::dies_with_the_demo(&mut command);
+        let child = command.spawn().map_err(|source| DemoError::Agent {
+            node: node.name.clone(),
+            source,
+        })?;
         children.push(child);
     }
     Ok(Agents {

@@ -99,6 +99,27 @@ pub async fn serve(options: DemoOptions) -> Result<(), DemoError> {
     Ok(())
 }
 
+/// Have a child of the demo (an agent or the controller) killed when the demo dies, however
+/// it dies: `kill_on_drop` covers a demo that ends or is interrupted, not one sent SIGTERM
+/// or SIGKILL on its own.
+fn dies_with_the_demo(command: &mut tokio::process::Command) {
+    let demo = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure makes only async-signal-safe calls (prctl,
+    // getppid) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo may have died before the prctl: then nothing would ever signal.
+            if libc::getppid() != demo {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 async fn wait_for_shutdown() -> Result<(), DemoError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DemoError::Signal)?;

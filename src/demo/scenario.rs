@@ -320,7 +320,8 @@ fn start_controller(cluster: &DevCluster) -> Result<tokio::process::Child, DemoE
         path: log.clone(),
         source,
     })?;
-    tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args(["--config", "/dev/null", "--log-level", "warn", "controller"])
         .arg("--kubeconfig")
         .arg(cluster.admin_kubeconfig())
@@ -333,9 +334,9 @@ fn start_controller(cluster: &DevCluster) -> Result<tokio::process::Child, DemoE
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(DemoError::Controller)
+        .kill_on_drop(true);
+    super::dies_with_the_demo(&mut command);
+    command.spawn().map_err(DemoError::Controller)
 }
 
 /// Samples the grant Leases while a rollout runs, to tell how long each was held.
