@@ -41,16 +41,27 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    reflect_trimmed(api, config, |_| {}, on_change)
+    reflect_touches(api, config, |_| {}, move |_| on_change())
 }
 
-/// As [`reflect`], with every object passed through `trim` before it is stored: a cache of
-/// many objects keeps only the fields its reader needs.
-pub fn reflect_trimmed<K>(
+/// What a reflector's store went through, told to a reader that keeps its own index of it.
+pub enum Touch<'a, K> {
+    /// Added or modified (the object as stored).
+    Applied(&'a K),
+    Deleted(&'a K),
+    /// A full list replaced the store (at start, or after the watch fell behind): objects may
+    /// have gone without a `Deleted`.
+    Relisted,
+}
+
+/// As [`reflect`], with every object passed through `trim` before it is stored (a cache of
+/// many objects keeps only the fields its reader needs), telling `on_touch` what each change
+/// was once the store holds it.
+pub fn reflect_touches<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
     trim: impl FnMut(&mut K) + Send + 'static,
-    on_change: impl Fn() + Send + 'static,
+    on_touch: impl Fn(Touch<'_, K>) + Send + 'static,
 ) -> (kube::runtime::reflector::Store<K>, WatchTask)
 where
     K: kube::Resource
@@ -66,14 +77,16 @@ where
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let resource = K::plural(&Default::default()).to_string();
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).modify(trim))
-        .default_backoff()
-        .touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, config).modify(trim)).default_backoff();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => on_change(),
+                Ok(watcher::Event::Apply(o)) => on_touch(Touch::Applied(&o)),
+                Ok(watcher::Event::Delete(o)) => on_touch(Touch::Deleted(&o)),
+                Ok(watcher::Event::InitDone) => on_touch(Touch::Relisted),
+                // A relist's objects reach the store all at once, at InitDone.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Err(e) => {
                     crate::metrics::inc(
                         "staticpod_puller_watch_errors_total",

@@ -28,9 +28,13 @@ pub const CANARY_LABEL: &str = "staticpod-puller.openyurt.io/canary";
 /// The pod condition saying the new template's images are on the node (OpenYurt's name).
 pub const IMAGE_READY_CONDITION: &str = crate::images::IMAGE_READY;
 
+/// Field selector: mirror pods only. The API server's ServiceAccount admission sets `default`
+/// on every pod created without a service account, and refuses a mirror pod that names one.
+pub const MIRROR_PODS: &str = "spec.serviceAccountName=";
+
 /// Keep of a pod only what coordination and status read: its name, namespace, node, the hash
 /// and config-source annotations, and the Ready and PodImageReady conditions. The controller
-/// caches every pod of the cluster; most of each pod is spec it never reads.
+/// caches every mirror pod of the cluster; most of each pod is spec it never reads.
 pub fn trim_pod(pod: &mut Pod) {
     use crate::manifest::HASH_ANNOTATION;
     pod.metadata.managed_fields = None;
@@ -65,53 +69,47 @@ pub fn members_by_object(
 ) -> HashMap<(String, String), Vec<Member>> {
     let mut members: HashMap<(String, String), Vec<Member>> = HashMap::new();
     for pod in pods {
-        let (Some(namespace), Some(name), Some(node)) = (
-            pod.metadata.namespace.as_deref(),
-            pod.metadata.name.as_deref(),
-            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
-        ) else {
+        let Some((object, node)) = mirror_object(pod) else {
             continue;
         };
-        let is_static = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(CONFIG_SOURCE))
-            .is_some_and(|s| s != "api");
-        let Some(object) = name
-            .strip_suffix(node)
-            .and_then(|rest| rest.strip_suffix('-'))
-        else {
-            continue;
-        };
-        if !is_static || object.is_empty() {
-            continue;
-        }
         let hash = pod_hash(pod).map(str::to_string);
-        members
-            .entry((namespace.to_string(), object.to_string()))
-            .or_default()
-            .push(Member {
-                node: node.to_string(),
-                hash,
-                ready: pod_ready(pod),
-                canary: canary_nodes.contains(node),
-                // True: the message names the hash whose images are on the node (the pod
-                // itself still runs the old one); False: the reason (Pulling, PullFailed).
-                images_ready: image_condition(pod)
-                    .filter(|c| c.status == "True")
-                    .map(|c| c.message.clone().unwrap_or_default()),
-                images_not_ready: image_condition(pod)
-                    .filter(|c| c.status == "False")
-                    .map(|c| {
-                        (
-                            c.reason.clone().unwrap_or_default(),
-                            c.message.clone().unwrap_or_default(),
-                        )
-                    }),
-            });
+        members.entry(object).or_default().push(Member {
+            node: node.to_string(),
+            hash,
+            ready: pod_ready(pod),
+            canary: canary_nodes.contains(node),
+            // True: the message names the hash whose images are on the node (the pod
+            // itself still runs the old one); False: the reason (Pulling, PullFailed).
+            images_ready: image_condition(pod)
+                .filter(|c| c.status == "True")
+                .map(|c| c.message.clone().unwrap_or_default()),
+            images_not_ready: image_condition(pod)
+                .filter(|c| c.status == "False")
+                .map(|c| {
+                    (
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default(),
+                    )
+                }),
+        });
     }
     members
+}
+
+/// The object a mirror pod is a member of, `(namespace, object name)`, and its node; None
+/// for a pod that is not a static pod's mirror.
+pub fn mirror_object(pod: &Pod) -> Option<((String, String), &str)> {
+    let namespace = pod.metadata.namespace.as_deref()?;
+    let name = pod.metadata.name.as_deref()?;
+    let node = pod.spec.as_ref()?.node_name.as_deref()?;
+    let is_static = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_SOURCE))
+        .is_some_and(|s| s != "api");
+    let object = name.strip_suffix(node)?.strip_suffix('-')?;
+    (is_static && !object.is_empty()).then(|| ((namespace.to_string(), object.to_string()), node))
 }
 
 /// A pod's `PodImageReady` condition.
@@ -160,6 +158,9 @@ const IN_FLIGHT: usize = 32;
 
 /// How many lease durations a node whose grant expired unused is passed over.
 const STALLED_FOR: u32 = 5;
+
+/// Past a time-based change (the comparisons are strict), so the pass due then sees it.
+const MARGIN: Duration = Duration::from_millis(10);
 
 impl Coordinator {
     pub fn new(
@@ -214,6 +215,28 @@ impl Coordinator {
         self.observed.get(name).is_some_and(|(_, at)| {
             now.duration_since(*at) > duration_of(lease, self.lease_duration)
         })
+    }
+
+    /// When `key`'s window may change with nothing else changing: a member whose pod
+    /// vanished stops counting as unavailable, a passed-over node becomes eligible again, an
+    /// expectation of this replica's own write times out. The controller visits the object
+    /// again then. `now` is the time of the visit just made.
+    pub fn due(&self, key: &ObjectKey, now: Instant) -> Option<Instant> {
+        // Members seen at this visit are not missing.
+        let missing = self
+            .seen
+            .iter()
+            .filter(|((of, _), at)| of == key && **at < now)
+            .map(|(_, at)| *at + self.lease_duration + MARGIN);
+        let stalled = self
+            .stalled
+            .iter()
+            .filter(|((of, _), _)| of == key)
+            .map(|(_, at)| *at + self.lease_duration * STALLED_FOR + MARGIN);
+        missing
+            .chain(stalled)
+            .chain(self.expectations.timeout(key))
+            .min()
     }
 
     /// Decide and apply one object's window.

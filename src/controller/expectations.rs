@@ -72,6 +72,18 @@ impl Expectations {
         held
     }
 
+    /// When the first expectation of `key` times out: a pass is due then, even if nothing
+    /// changes.
+    pub fn timeout(&self, key: &ObjectKey) -> Option<Instant> {
+        let created = self.created.values().map(|(of, _, at)| (of, at));
+        let deleted = self.deleted.values().map(|(of, at)| (of, at));
+        created
+            .chain(deleted)
+            .filter(|(of, _)| *of == key)
+            .map(|(_, at)| *at + TIMEOUT)
+            .min()
+    }
+
     /// This replica created grant `uid` of `key`.
     pub fn created(&mut self, key: &ObjectKey, uid: String, view: GrantView, now: Instant) {
         self.created.insert(uid, (key.clone(), view, now));
@@ -166,8 +178,11 @@ mod tests {
         e.created(&key(), "u1".into(), held("u1", "edge-2", "h1").view, now);
         assert_eq!(hashes(&e.grants(&key(), &[], now)), [("edge-2", "h1")]);
         assert_eq!(hashes(&e.grants(&other, &[], now)), [("edge-1", "h9")]);
+        // A pass is due when the first of them times out, whatever else happens.
+        assert_eq!(e.timeout(&key()), Some(now + TIMEOUT));
         // Never shown for longer than the timeout: no longer assumed.
         assert!(e.grants(&key(), &[], now + TIMEOUT).is_empty());
+        assert_eq!(e.timeout(&key()), None);
         let gone = held("u3", "edge-3", "h1");
         e.deleted(&key(), "u3", now);
         assert!(

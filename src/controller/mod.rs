@@ -1,13 +1,17 @@
 //! The cloud side (`staticpod-puller controller`): the rollout coordinator and status, one
 //! active replica at a time.
 //!
-//! Watch-driven and debounced: reflectors over both kinds, mirror pods, grants (Leases in the
-//! agents' namespace labelled with an object) and canary-labelled Nodes. After a change, one
-//! pass decides each rolling object's window ([`window`]), applies it ([`coordinator`]) and
-//! writes the statuses that differ, at most one write per object per second. A replica leads
+//! Watch-driven and debounced: reflectors over both kinds, mirror pods (only: a field selector
+//! on the empty service account, which every mirror pod has and the API server gives every
+//! other pod), grants (Leases in the agents' namespace labelled with an object) and
+//! canary-labelled Nodes. After a change, one pass visits the objects it touched
+//! ([`changes`]): decides each rolling object's window ([`window`]), applies it
+//! ([`coordinator`]) and writes the status if it differs, at most one write per object per
+//! second. A replica leads
 //! through one Lease ([`leader`]); a new leader acts only once its caches have synced, and
 //! since grants are Leases, a failover forgets none.
 
+mod changes;
 pub mod coordinator;
 mod expectations;
 mod leader;
@@ -22,19 +26,20 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::desired::{Kind, ObjectKey};
+use crate::kubeclient::Touch;
 use crate::resources::{
     RolloutControls, StaticPod, StaticPodSpec, StaticPodStatus, StatusCondition, Strategy,
     YurtStaticSet,
 };
 use crate::rollout::grant;
+use changes::{Changes, ObjectName, Visit, grant_object};
 use coordinator::{CANARY_LABEL, Coordinator, PROMOTED_ANNOTATION, Rollout};
 use leader::{SlotOwner, Slots};
 use window::{Decision, Member};
@@ -49,14 +54,15 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
-    changed: Arc<Notify>,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    on_touch: impl Fn(Touch<'_, K>) + Send + 'static,
     watches: &mut Vec<crate::kubeclient::WatchTask>,
 ) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (store, task) = crate::kubeclient::reflect(api, config, move || changed.notify_one());
+    let (store, task) = crate::kubeclient::reflect_touches(api, config, trim, on_touch);
     watches.push(task);
     store
 }
@@ -88,7 +94,7 @@ pub async fn run(
     identity: &str,
     lease_duration: Duration,
 ) {
-    let changed = Arc::new(Notify::new());
+    let changes = Arc::new(Changes::default());
     // Dropped (watches stopped) when this future is: a stopped controller leaves nothing behind.
     let mut watches = Vec::new();
     let leader_leases: Store<Lease> = reflect(
@@ -97,7 +103,8 @@ pub async fn run(
             "metadata.name={}",
             leader_owner(lease_namespace).lease_name(0)
         )),
-        Arc::new(Notify::new()),
+        |_| {},
+        |_| {},
         &mut watches,
     );
     let slots = Slots::new(
@@ -112,36 +119,51 @@ pub async fn run(
         static_pods: reflect(
             Api::all(client.clone()),
             watcher::Config::default(),
-            changed.clone(),
+            |_| {},
+            {
+                let changes = changes.clone();
+                move |t| changes.object(t)
+            },
             &mut watches,
         ),
         yurt_static_sets: reflect(
             Api::all(client.clone()),
             watcher::Config::default(),
-            changed.clone(),
+            |_| {},
+            {
+                let changes = changes.clone();
+                move |t| changes.object(t)
+            },
             &mut watches,
         ),
-        pods: {
-            let on_change = changed.clone();
-            let (store, task) = crate::kubeclient::reflect_trimmed(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                coordinator::trim_pod,
-                move || on_change.notify_one(),
-            );
-            watches.push(task);
-            store
-        },
+        pods: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default().fields(coordinator::MIRROR_PODS),
+            coordinator::trim_pod,
+            {
+                let changes = changes.clone();
+                move |t| changes.pod(t)
+            },
+            &mut watches,
+        ),
         grants: reflect(
             Api::namespaced(client.clone(), lease_namespace),
             watcher::Config::default().labels(grant::OBJECT_LABEL),
-            changed.clone(),
+            |_| {},
+            {
+                let changes = changes.clone();
+                move |t| changes.grant(t)
+            },
             &mut watches,
         ),
         canary_nodes: reflect(
             Api::all(client.clone()),
             watcher::Config::default().labels(&format!("{CANARY_LABEL}=true")),
-            changed.clone(),
+            |_| {},
+            {
+                let changes = changes.clone();
+                move |_| changes.everything()
+            },
             &mut watches,
         ),
     };
@@ -160,6 +182,7 @@ pub async fn run(
         // Nothing is granted before the caches hold a full list: a grant out that a new
         // leader has not seen yet must not be handed out twice.
         caches.ready().await;
+        changes.everything();
         let mut pass = Pass::new(client.clone(), lease_namespace, lease_duration, identity);
         let mut renew = tokio::time::interval(lease_duration / 3);
         let mut wake_at: Option<Instant> = None;
@@ -171,7 +194,7 @@ pub async fn run(
                 }
             };
             tokio::select! {
-                _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = changes.notify.notified() => tokio::time::sleep(DEBOUNCE).await,
                 _ = wake => {}
                 _ = renew.tick() => match slots.renew(&held).await {
                     Ok(true) => {}
@@ -183,7 +206,7 @@ pub async fn run(
                 },
             }
             let started = std::time::Instant::now();
-            wake_at = pass.run(&caches).await;
+            wake_at = pass.run(&caches, &changes).await;
             crate::metrics::inc("staticpod_puller_controller_reconciles_total", &[]);
             crate::metrics::observe(
                 "staticpod_puller_controller_reconcile_seconds",
@@ -207,6 +230,8 @@ struct Pass {
     coordinator: Coordinator,
     /// When each object's status was last written (writes are coalesced).
     written: HashMap<ObjectKey, Instant>,
+    /// Objects to visit again at a time (a status write held back).
+    due: HashMap<ObjectName, Instant>,
 }
 
 impl Pass {
@@ -220,57 +245,100 @@ impl Pass {
             coordinator: Coordinator::new(client.clone(), namespace, lease_duration, identity),
             client,
             written: HashMap::new(),
+            due: HashMap::new(),
         }
     }
 
-    /// One pass over every object; returns when the next pass is due without a change (a
-    /// grant expiring, a coalesced status write).
-    async fn run(&mut self, caches: &Caches) -> Option<Instant> {
+    /// One pass over the objects that changed (and those due again); returns when the next
+    /// pass is due without a change (a grant expiring, a coalesced status write).
+    async fn run(&mut self, caches: &Caches, changes: &Changes) -> Option<Instant> {
         let now = Instant::now();
         let grants = caches.grants.state();
-        let mut next = self.coordinator.observe(&grants, now);
+        let expiry = self.coordinator.observe(&grants, now);
+        let mut visit: HashSet<ObjectName> = match changes.take(&caches.pods) {
+            Visit::Everything => caches
+                .static_pods
+                .state()
+                .iter()
+                .map(|o| name_of(&**o))
+                .chain(
+                    caches
+                        .yurt_static_sets
+                        .state()
+                        .iter()
+                        .map(|o| name_of(&**o)),
+                )
+                .collect(),
+            Visit::Objects(objects) => objects,
+        };
+        self.due.retain(|object, at| {
+            let due = *at <= now;
+            if due {
+                visit.insert(object.clone());
+            }
+            !due
+        });
+        if expiry.is_some_and(|at| at <= now) {
+            // A grant may have expired: visit the objects of the open ones.
+            visit.extend(
+                grants
+                    .iter()
+                    .filter(|l| grant::Grant::from_lease(l).is_some_and(|g| g.open))
+                    .filter_map(|l| grant_object(l)),
+            );
+        }
         let canary: HashSet<String> = caches
             .canary_nodes
             .state()
             .iter()
             .map(|n| n.name_any())
             .collect();
-        let members = coordinator::members_by_object(&caches.pods.state(), &canary);
         let grants_by_object = coordinator::grants_by_object(&grants);
-        let no_members = Vec::new();
         let no_grants = Vec::new();
-        // Each object's members and grants, from the maps built once per pass.
-        let of = |key: &ObjectKey| {
-            (
-                members
-                    .get(&(key.namespace.clone(), key.name.clone()))
-                    .unwrap_or(&no_members),
-                grants_by_object
-                    .get(&grant::object_label(key))
-                    .unwrap_or(&no_grants),
-            )
-        };
-        for o in caches.static_pods.state() {
-            let key = key_of(Kind::StaticPod, &*o);
-            let (m, g) = of(&key);
-            let due = self
-                .object(&key, &*o, &o.spec, o.status.as_ref(), m, g, now)
-                .await;
-            next = earliest(next, due);
+        for object in visit {
+            let members =
+                coordinator::members_by_object(&changes.members(&object, &caches.pods), &canary)
+                    .remove(&object)
+                    .unwrap_or_default();
+            let mut due = None;
+            if let Some(o) = caches
+                .static_pods
+                .get(&ObjectRef::new(&object.1).within(&object.0))
+            {
+                let key = key_of(Kind::StaticPod, &*o);
+                let g = grants_by_object
+                    .get(&grant::object_label(&key))
+                    .unwrap_or(&no_grants);
+                due = self
+                    .object(&key, &*o, &o.spec, o.status.as_ref(), &members, g, now)
+                    .await;
+            }
+            if let Some(o) = caches
+                .yurt_static_sets
+                .get(&ObjectRef::new(&object.1).within(&object.0))
+            {
+                let key = key_of(Kind::YurtStaticSet, &*o);
+                let spec: StaticPodSpec = o.spec.clone().into();
+                let g = grants_by_object
+                    .get(&grant::object_label(&key))
+                    .unwrap_or(&no_grants);
+                let also = self
+                    .object(&key, &*o, &spec, o.status.as_ref(), &members, g, now)
+                    .await;
+                due = earliest(due, also);
+            }
+            if let Some(at) = due {
+                self.due.insert(object, at);
+            }
         }
-        for o in caches.yurt_static_sets.state() {
-            let key = key_of(Kind::YurtStaticSet, &*o);
-            let spec: StaticPodSpec = o.spec.clone().into();
-            let (m, g) = of(&key);
-            let due = self
-                .object(&key, &*o, &spec, o.status.as_ref(), m, g, now)
-                .await;
-            next = earliest(next, due);
-        }
-        next
+        // An expired grant not yet gone is looked at again shortly, not in a busy loop.
+        let expiry = expiry.map(|at| at.max(now + DEBOUNCE));
+        earliest(expiry, self.due.values().min().copied())
     }
 
-    /// Coordinate one object (when rolling) and write its status if it changed.
+    /// Coordinate one object (when rolling) and write its status if it changed; returns when
+    /// it is to be visited again without a change (a status write held back, a window that
+    /// changes with time).
     #[allow(clippy::too_many_arguments)]
     async fn object<K>(
         &mut self,
@@ -293,6 +361,8 @@ impl Pass {
         let rolling = Strategy::parse(strategy.and_then(|s| s.type_.as_deref()))
             == Ok(Strategy::AdvancedRollingUpdate);
         let controls = RolloutControls::parse(strategy);
+        // When the window may change by time alone.
+        let mut again = None;
         let decision = match (rolling, controls) {
             (true, Ok(controls)) => {
                 let promoted = o
@@ -311,7 +381,9 @@ impl Pass {
                     members,
                     grants,
                 };
-                Some(self.coordinator.coordinate(&rollout, now).await)
+                let decision = self.coordinator.coordinate(&rollout, now).await;
+                again = self.coordinator.due(key, now);
+                Some(decision)
             }
             // OTA (nothing to grant), or a strategy the agents refuse too: no grants stay out.
             _ => {
@@ -322,16 +394,16 @@ impl Pass {
         let generation = o.meta().generation.unwrap_or_default();
         let next = desired_status(&hash, generation, current, members, decision.as_ref());
         if current == Some(&next) {
-            return None;
+            return again;
         }
         if let Some(at) = self.written.get(key)
             && now.duration_since(*at) < STATUS_INTERVAL
         {
-            return Some(*at + STATUS_INTERVAL);
+            return earliest(again, Some(*at + STATUS_INTERVAL));
         }
         self.written.insert(key.clone(), now);
         write_status::<K>(&self.client, key, &next).await;
-        None
+        again
     }
 
     async fn withdraw(&self, grants: &[Arc<Lease>]) {
@@ -355,6 +427,13 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+fn name_of<K: Resource>(o: &K) -> ObjectName {
+    (
+        o.meta().namespace.clone().unwrap_or_default(),
+        o.meta().name.clone().unwrap_or_default(),
+    )
 }
 
 fn key_of<K: Resource>(kind: Kind, o: &K) -> ObjectKey {

@@ -11,7 +11,9 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use super::coordinator::{CANARY_LABEL, PROMOTED_ANNOTATION, grant_view, members_by_object};
+use super::coordinator::{
+    CANARY_LABEL, MIRROR_PODS, PROMOTED_ANNOTATION, grant_view, members_by_object,
+};
 use super::window::{Decision, GrantState, GrantView, Input, Phase, decide};
 use crate::desired::{Kind, ObjectKey};
 use crate::resources::{RolloutControls, StaticPod, StaticPodSpec, Strategy, YurtStaticSet};
@@ -104,7 +106,7 @@ pub async fn snapshot(
         .map_err(|e| invalid(e.to_string()))?;
     let controls = RolloutControls::parse(strategy_spec).map_err(|e| invalid(e.to_string()))?;
     let pods: Vec<Arc<Pod>> = Api::<Pod>::namespaced(client.clone(), &key.namespace)
-        .list(&ListParams::default())
+        .list(&ListParams::default().fields(MIRROR_PODS))
         .await
         .map_err(api_error("listing the pods of", key))?
         .items

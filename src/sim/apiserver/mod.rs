@@ -24,6 +24,7 @@ mod faults;
 mod pipe;
 mod resources;
 mod route;
+mod service_account;
 mod table;
 mod tls;
 mod usage;

@@ -255,7 +255,10 @@ async fn serve(
             )
         }
         Action::Create => {
-            let obj = object.unwrap_or(Value::Null);
+            let mut obj = object.unwrap_or(Value::Null);
+            if rt.key() == ResourceKey::core("pods") {
+                super::service_account::admit_pod(&mut obj)?;
+            }
             let created = store.create(&rt.key(), ns, obj, admit)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }

@@ -15,7 +15,7 @@ use staticpod_puller::sim::kubelet::Timings;
 
 use super::env::{Env, Outcome, Settings, run_to_end};
 use super::watch::{BudgetWatch, DirWatch, mirror};
-use super::{FIXED_IMAGE, NEW_IMAGE, OLD_IMAGE, static_pod, web};
+use super::{FIXED_IMAGE, NEW_IMAGE, NS, OLD_IMAGE, static_pod, web};
 use crate::support;
 
 /// A StaticPod with rollout controls beside maxUnavailable.
@@ -526,4 +526,82 @@ async fn a_restarted_agent_finishes_a_grant_it_still_holds_at_once() {
         "finished {took:?} after the restart"
     );
     println!("grant finished {took:?} after the agent restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_is_sent_mirror_pods_only() {
+    let mut env = Env::start(2, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, _) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.wait_status("nginx", generation, (2, 2, 0), Duration::from_secs(30))
+        .await;
+    // The in-process controller is the only watcher with the admin's identity.
+    let pod_events = || {
+        env.cluster
+            .api()
+            .usage()
+            .watch_events_to(|u| u == "admin", |r| r == "pods")
+    };
+    let before = pod_events();
+
+    // Ordinary pods, as a Deployment would make them: the API server gives each the default
+    // service account, so none matches the controller's watch.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.admin.clone(), NS);
+    const ORDINARY: u64 = 30;
+    for i in 0..ORDINARY {
+        let pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{i}")},
+            "spec": {"nodeName": env.nodes()[0], "containers": [{"name": "web", "image": "nginx"}]},
+        }))
+        .expect("a pod");
+        let created = pods
+            .create(&Default::default(), &pod)
+            .await
+            .expect("creating an ordinary pod");
+        assert_eq!(
+            created.spec.and_then(|s| s.service_account_name).as_deref(),
+            Some("default"),
+            "the API server defaults an ordinary pod's service account"
+        );
+    }
+    // Then a mirror pod changes (its manifest edited on the node): delivered after the
+    // ordinary pods' events, had they matched.
+    let node = env.nodes()[1].clone();
+    std::fs::write(
+        env.manifest(&node, "nginx"),
+        super::hand_placed("nginx", NEW_IMAGE),
+    )
+    .expect("editing the manifest");
+    env.wait(
+        "the mirror pod's change delivered to the controller",
+        Duration::from_secs(20),
+        async || {
+            let now = pod_events();
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!("{now} pod events, {before} before"))
+            }
+        },
+    )
+    .await;
+    // Let the mirror pod settle; then count.
+    env.wait(
+        "the edited pod Ready",
+        Duration::from_secs(20),
+        async || match mirror(env.store(), "nginx", &node) {
+            Some(m) if m.ready => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let delivered = pod_events() - before;
+    assert!(
+        delivered < ORDINARY,
+        "the controller was sent {delivered} pod events: the {ORDINARY} ordinary pods' must not be among them"
+    );
+    println!("pod events to the controller: {delivered} for one mirror pod's change");
 }
