@@ -9,6 +9,7 @@
 
 mod agents;
 mod cluster;
+mod grants;
 mod ota;
 mod progress;
 mod scenario;

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -14,6 +13,7 @@ use tokio::time::Instant;
 
 use super::agents::start_agents;
 use super::cluster::{print_access, start_cluster};
+use super::grants::{GrantFigures, GrantWatch};
 use super::ota::play_ota;
 use super::progress::{follow, node_lines, status_row, table_header, wait_until};
 use super::{AgentMode, DemoError, DemoOptions, wait_for_shutdown};
@@ -134,6 +134,7 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         println!("-- {NEW_IMAGE} is broken on every node: it never becomes Ready");
     }
     println!("-- kubectl patch staticpod nginx: image {OLD_IMAGE} → {NEW_IMAGE}");
+    let grants = GrantWatch::start(cluster.store())?;
     let usage_before = cluster.api().usage();
     let controller_before = ProcessFigures::read(controller.id());
     let changed_at = Instant::now();
@@ -190,7 +191,9 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         let mut converged_at = None;
         // When each node was first seen with the new hash's images (PodImageReady=True).
         let mut images_ready: BTreeMap<String, Instant> = BTreeMap::new();
-        let grants = GrantSampler::start(client.clone());
+        // Members that rolled the new hash back (a fleet too large for this machine can see
+        // some simulated kubelets miss the deadline): the rollout ends without them.
+        let mut failed = 0usize;
         follow(&sps, &pods, Duration::from_secs(1800), |sp, nodes| {
             for (node, line) in nodes {
                 if line
@@ -212,7 +215,13 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
             let (total, ready, upgraded) = status_row(sp);
             let current =
                 sp.status.as_ref().and_then(|s| s.observed_generation) == Some(generation);
-            current && total as usize == n && ready as usize == n && upgraded as usize == n
+            failed = sp
+                .status
+                .as_ref()
+                .and_then(|s| s.failed_number)
+                .unwrap_or(0)
+                .max(0) as usize;
+            current && total as usize == n && ready as usize == n && upgraded as usize + failed == n
         })
         .await?;
         let took = converged_at.unwrap_or_else(Instant::now) - changed_at;
@@ -226,7 +235,14 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
         .unwrap_or(1);
         let waves = n.div_ceil(budget);
         let ideal = options.ready_delay * waves as u32;
-        println!("== rollout complete: {n}/{n}/{n} on {NEW_IMAGE} (hash {new_hash})");
+        if failed == 0 {
+            println!("== rollout complete: {n}/{n}/{n} on {NEW_IMAGE} (hash {new_hash})");
+        } else {
+            println!(
+                "== rollout ended: {}/{n} on {NEW_IMAGE} (hash {new_hash}), {failed} rolled it back (timed until then)",
+                n - failed
+            );
+        }
         let pull = options.pull_delay;
         if pull.is_zero() {
             println!(
@@ -257,13 +273,33 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
                 first_write.map_or(0, |d| d.as_millis())
             );
         }
-        let holds = grants.stop().await;
+        let GrantFigures {
+            holds,
+            mut handovers,
+            missed,
+        } = grants.stop(&new_hash, budget);
+        if missed > 0 {
+            println!("   (the grant figures below missed {missed} changes: the demo fell behind)");
+        }
         if !holds.is_empty() {
             let mean = holds.iter().sum::<Duration>() / holds.len() as u32;
             println!(
-                "   grants held on average {} ms ({} grants, sampled every 100 ms)",
+                "   grants held on average {} ms ({} grants)",
                 mean.as_millis(),
                 holds.len()
+            );
+        }
+        if let (Some(p50), Some(p99), Some(max)) = (
+            GrantFigures::quantile(&mut handovers, 0.5),
+            GrantFigures::quantile(&mut handovers, 0.99),
+            GrantFigures::quantile(&mut handovers, 1.0),
+        ) {
+            println!(
+                "   a freed unit's next grant (grant finished → next handed out, {} handovers): p50 {} ms, p99 {} ms, max {} ms",
+                handovers.len(),
+                p50.as_millis(),
+                p99.as_millis(),
+                max.as_millis()
             );
         }
         let mut first_writes = manifest_write_delays(&cluster, changed_wall);
@@ -337,59 +373,6 @@ fn start_controller(cluster: &DevCluster) -> Result<tokio::process::Child, DemoE
         .kill_on_drop(true);
     super::dies_with_the_demo(&mut command);
     command.spawn().map_err(DemoError::Controller)
-}
-
-/// Samples the grant Leases while a rollout runs, to tell how long each was held.
-struct GrantSampler {
-    task: tokio::task::JoinHandle<BTreeMap<String, Vec<(Instant, Instant)>>>,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl GrantSampler {
-    fn start(client: kube::Client) -> GrantSampler {
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let leases: Api<Lease> = Api::namespaced(client, "staticpod-system");
-            let params = ListParams::default().labels(crate::rollout::grant::NODE_LABEL);
-            // Grant (Lease name) → the periods it was seen held (first and last sample); a
-            // grant given back and handed out again later is a new period.
-            let mut held: BTreeMap<String, Vec<(Instant, Instant)>> = BTreeMap::new();
-            let mut last_sample = Instant::now();
-            while !*stopped.borrow() {
-                if let Ok(list) = leases.list(&params).await {
-                    let now = Instant::now();
-                    for lease in list.items {
-                        let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_ref());
-                        if let (Some(_), Some(name)) = (holder, lease.metadata.name) {
-                            let periods = held.entry(name).or_default();
-                            match periods.last_mut() {
-                                Some(p) if p.1 >= last_sample => p.1 = now,
-                                _ => periods.push((now, now)),
-                            }
-                        }
-                    }
-                    last_sample = now;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
-            }
-            held
-        });
-        GrantSampler { task, stop }
-    }
-
-    /// How long each grant seen was held, to within a sample.
-    async fn stop(self) -> Vec<Duration> {
-        let _ = self.stop.send(true);
-        self.task
-            .await
-            .map(|held| {
-                held.values()
-                    .flatten()
-                    .map(|(first, last)| *last - *first)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 /// A process's CPU time and memory, from /proc.

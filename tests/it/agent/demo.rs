@@ -39,6 +39,11 @@ fn demo_plays_the_seed_scenario_and_the_rollback() {
             &["demo", "--idle-window", "2s"][..],
             "== rollout complete: 3/3/3 on nginx:1.19.2",
         ),
+        // One node at a time: each of the two later grants follows a finished one.
+        (
+            &["demo", "--max-unavailable", "1", "--idle-window", "0s"][..],
+            "next handed out, 2 handovers)",
+        ),
         (
             &[
                 "demo",
