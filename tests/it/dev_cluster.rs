@@ -833,6 +833,35 @@ async fn kubelet_replaces_on_change_removes_on_delete_and_recreates() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_keeps_its_pods_while_the_manifest_directory_cannot_be_read() {
+    let env = start(1).await;
+    let dir = env.cluster.nodes()[0].manifest_dir.clone();
+    let (pods, name) = (env.pods(), format!("nginx-{NODE}"));
+    write_manifest(&dir, "nginx.yaml", &manifest("nginx", "nginx:1.19.1"));
+    let uid = wait_pod(&pods, &name, "Ready", is_ready).await.uid();
+
+    // The directory unreadable (here: a file in its place; at scale, no file descriptor
+    // left): kubelet skips the update, it does not remove every pod.
+    let aside = dir.with_extension("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        let now = pods.get_opt(&name).await.unwrap().map(|p| p.uid());
+        assert_eq!(
+            now,
+            Some(uid.clone()),
+            "the pod stays while its directory cannot be read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    let back = wait_pod(&pods, &name, "Ready", is_ready).await;
+    assert_eq!(back.uid(), uid, "the same pod, never replaced");
+}
+
 fn crash_looping(p: &Pod) -> bool {
     let status = p.status.as_ref();
     let statuses = status.and_then(|s| s.container_statuses.as_ref());

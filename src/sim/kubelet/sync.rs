@@ -52,19 +52,22 @@ impl Sync {
     pub(super) fn once(&self, now: Instant) {
         let desired = self.read_dir();
         let mut state = lock(&self.state);
-        self.plan(&mut state, &desired, now);
+        // A directory that cannot be read (say, out of file descriptors) changes nothing, as
+        // kubelet skips the update: it is not a directory whose files were all removed.
+        if let Some(desired) = &desired {
+            self.plan(&mut state, desired, now);
+        }
         self.advance(&mut state, now);
         if self.reporting.load(Ordering::SeqCst) {
             self.report(&mut state, now);
         }
     }
 
-    /// The pods the directory asks for, by (namespace, name).
-    fn read_dir(&self) -> BTreeMap<(String, String), (ParsedManifest, bool)> {
+    /// The pods the directory asks for, by (namespace, name); None when it (or one of its
+    /// files) could not be read this time.
+    fn read_dir(&self) -> Option<BTreeMap<(String, String), (ParsedManifest, bool)>> {
         let mut desired = BTreeMap::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return desired;
-        };
+        let entries = std::fs::read_dir(&self.dir).ok()?;
         let mut state = lock(&self.state);
         let mut seen = HashSet::new();
         for entry in entries.flatten() {
@@ -73,7 +76,7 @@ impl Sync {
             if name.starts_with('.') {
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = entry.metadata().ok()?;
             if !meta.is_file() {
                 continue;
             }
@@ -91,9 +94,9 @@ impl Sync {
             let parsed = match &previous {
                 Some((old, parsed)) if *old == stamp => parsed.clone(),
                 _ => {
-                    let parsed = std::fs::read(entry.path())
-                        .ok()
-                        .and_then(|b| parse_manifest(&b, &name, &self.node));
+                    // Unreadable now is not "does not parse": it is not remembered as such.
+                    let bytes = std::fs::read(entry.path()).ok()?;
+                    let parsed = parse_manifest(&bytes, &name, &self.node);
                     state.files.insert(name.clone(), (stamp, parsed.clone()));
                     parsed
                 }
@@ -103,7 +106,7 @@ impl Sync {
             }
         }
         state.files.retain(|name, _| seen.contains(name));
-        desired
+        Some(desired)
     }
 
     /// Start transitions for pods whose file appeared, changed or went away.
