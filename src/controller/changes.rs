@@ -23,6 +23,8 @@ pub type ObjectName = (String, String);
 #[derive(Default)]
 pub struct Changes {
     inner: Mutex<Inner>,
+    /// The pod cache, once built: a relist rebuilds the member index from it at once.
+    pods: std::sync::OnceLock<Store<Pod>>,
     /// Woken on every change: the controller's loop waits on it.
     pub notify: Notify,
 }
@@ -36,6 +38,8 @@ struct Inner {
     pods_relisted: bool,
     /// Mirror pod names of each object.
     members: HashMap<ObjectName, HashSet<String>>,
+    /// The canary-labelled nodes: a pass over everything when the set changes.
+    canary: HashSet<String>,
 }
 
 /// What a pass is to visit.
@@ -78,7 +82,11 @@ impl Changes {
             Touch::Deleted(p) => (p, false),
             Touch::Relisted => {
                 let mut inner = self.lock();
-                inner.pods_relisted = true;
+                match self.pods.get() {
+                    // The store holds the relist already (a reflector applies, then tells).
+                    Some(pods) => inner.rebuild(pods),
+                    None => inner.pods_relisted = true,
+                }
                 inner.everything = true;
                 drop(inner);
                 self.notify.notify_one();
@@ -105,6 +113,26 @@ impl Changes {
         self.notify.notify_one();
     }
 
+    /// A canary-labelled Node changed: everything is visited if the set of canary nodes did
+    /// (not on the Node's own status updates).
+    pub fn canary_node(&self, touch: Touch<'_, k8s_openapi::api::core::v1::Node>) {
+        let changed = {
+            let mut inner = self.lock();
+            match touch {
+                Touch::Applied(n) => inner
+                    .canary
+                    .insert(n.metadata.name.clone().unwrap_or_default()),
+                Touch::Deleted(n) => inner
+                    .canary
+                    .remove(n.metadata.name.as_deref().unwrap_or_default()),
+                Touch::Relisted => true,
+            }
+        };
+        if changed {
+            self.everything();
+        }
+    }
+
     /// A grant changed: its object is visited (named by the grant's annotation; a Lease
     /// without it means everything, so nothing is missed).
     pub fn grant(&self, touch: Touch<'_, Lease>) {
@@ -117,19 +145,17 @@ impl Changes {
         }
     }
 
+    /// The pod cache the member index follows (relists rebuild the index from it).
+    pub fn follow_pods(&self, pods: Store<Pod>) {
+        let _ = self.pods.set(pods);
+    }
+
     /// What to visit now (and forget it); rebuilds the member index first if the pod cache
-    /// was relisted.
+    /// was relisted before [`Changes::follow_pods`].
     pub fn take(&self, pods: &Store<Pod>) -> Visit {
         let mut inner = self.lock();
         if std::mem::take(&mut inner.pods_relisted) {
-            inner.members.clear();
-            for pod in pods.state() {
-                if let (Some((object, _)), Some(name)) =
-                    (mirror_object(&pod), pod.metadata.name.clone())
-                {
-                    inner.members.entry(object).or_default().insert(name);
-                }
-            }
+            inner.rebuild(pods);
         }
         let dirty = std::mem::take(&mut inner.dirty);
         if std::mem::take(&mut inner.everything) {
@@ -149,6 +175,19 @@ impl Changes {
             .iter()
             .filter_map(|name| pods.get(&ObjectRef::new(name).within(&object.0)))
             .collect()
+    }
+}
+
+impl Inner {
+    fn rebuild(&mut self, pods: &Store<Pod>) {
+        self.members.clear();
+        for pod in pods.state() {
+            if let (Some((object, _)), Some(name)) =
+                (mirror_object(&pod), pod.metadata.name.clone())
+            {
+                self.members.entry(object).or_default().insert(name);
+            }
+        }
     }
 }
 
@@ -224,6 +263,17 @@ mod tests {
         writer.apply_watcher_event(&Event::InitDone);
         changes.pod(Touch::Relisted);
         assert_eq!(changes.take(&pods), Visit::Everything);
+        // Once the controller has handed over its cache, a relist rebuilds the index at once.
+        changes.follow_pods(pods.clone());
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(gone.clone()));
+        writer.apply_watcher_event(&Event::InitDone);
+        changes.pod(Touch::Relisted);
+        assert_eq!(changes.members(&object("nginx"), &pods).len(), 1);
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(kept.clone()));
+        writer.apply_watcher_event(&Event::InitDone);
+        changes.pod(Touch::Relisted);
         let members = changes.members(&object("nginx"), &pods);
         assert_eq!(
             members
@@ -232,6 +282,22 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["nginx-edge-2"]
         );
+    }
+
+    #[test]
+    fn a_canary_node_s_own_updates_do_not_visit_everything() {
+        let (pods, _) = reflector::store::<Pod>();
+        let changes = Changes::default();
+        let node: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(json!({"metadata": {"name": "edge-1"}})).expect("a node");
+        changes.canary_node(Touch::Applied(&node));
+        assert_eq!(changes.take(&pods), Visit::Everything);
+        // Its heartbeat: the set of canary nodes is the same.
+        changes.canary_node(Touch::Applied(&node));
+        assert_eq!(changes.take(&pods), Visit::Objects(HashSet::new()));
+        // Its label removed (the label-selected watch says deleted).
+        changes.canary_node(Touch::Deleted(&node));
+        assert_eq!(changes.take(&pods), Visit::Everything);
     }
 
     #[test]

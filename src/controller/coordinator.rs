@@ -145,9 +145,10 @@ pub struct Coordinator {
     halts_reported: HashSet<(ObjectKey, String)>,
     /// Its own writes the cache does not show yet.
     expectations: Expectations,
-    /// When each member was last seen with a mirror pod: one whose pod vanished within a
+    /// Members with a mirror pod at the last visit of their object (None), or since when one
+    /// is without it (first noticed at a visit): one whose pod vanished within a
     /// lease duration counts as unavailable (kubelet replacing it), not as gone.
-    seen: HashMap<(ObjectKey, String), Instant>,
+    seen: HashMap<(ObjectKey, String), Option<Instant>>,
     /// Members whose grant expired unused, and when: passed over for [`STALLED_FOR`] lease
     /// durations.
     stalled: HashMap<(ObjectKey, String), Instant>,
@@ -220,14 +221,14 @@ impl Coordinator {
     /// When `key`'s window may change with nothing else changing: a member whose pod
     /// vanished stops counting as unavailable, a passed-over node becomes eligible again, an
     /// expectation of this replica's own write times out. The controller visits the object
-    /// again then. `now` is the time of the visit just made.
-    pub fn due(&self, key: &ObjectKey, now: Instant) -> Option<Instant> {
-        // Members seen at this visit are not missing.
+    /// again then.
+    pub fn due(&self, key: &ObjectKey) -> Option<Instant> {
         let missing = self
             .seen
             .iter()
-            .filter(|((of, _), at)| of == key && **at < now)
-            .map(|(_, at)| *at + self.lease_duration + MARGIN);
+            .filter(|((of, _), _)| of == key)
+            .filter_map(|(_, gone)| *gone)
+            .map(|gone| gone + self.lease_duration + MARGIN);
         let stalled = self
             .stalled
             .iter()
@@ -255,15 +256,25 @@ impl Coordinator {
             .collect();
         let held = self.expectations.grants(key, &cached, now);
         let views: Vec<GrantView> = held.values().map(|h| h.view.clone()).collect();
+        // Absence is timed from the visit that first notices it (a pod's deletion makes its
+        // object visited at once), not from the last visit: an object may go unvisited long.
+        let present: HashSet<&str> = rollout.members.iter().map(|m| m.node.as_str()).collect();
+        for ((of, node), gone) in self.seen.iter_mut() {
+            if of == key && !present.contains(node.as_str()) && gone.is_none() {
+                *gone = Some(now);
+            }
+        }
         for m in rollout.members {
-            self.seen.insert((key.clone(), m.node.clone()), now);
+            self.seen.insert((key.clone(), m.node.clone()), None);
         }
         let lately = self.lease_duration;
-        self.seen.retain(|_, at| now.duration_since(*at) <= lately);
+        self.seen.retain(|(of, _), gone| {
+            of != key || gone.is_none_or(|at| now.duration_since(at) <= lately)
+        });
         let missing: Vec<String> = self
             .seen
             .iter()
-            .filter(|((of, _), at)| of == key && **at < now)
+            .filter(|((of, _), gone)| of == key && gone.is_some())
             .map(|((_, node), _)| node.clone())
             .collect();
         let stalled_for = self.lease_duration * STALLED_FOR;

@@ -162,11 +162,12 @@ pub async fn run(
             |_| {},
             {
                 let changes = changes.clone();
-                move |_| changes.everything()
+                move |t| changes.canary_node(t)
             },
             &mut watches,
         ),
     };
+    changes.follow_pods(caches.pods.clone());
     let _ = leader_leases.wait_until_ready().await;
     loop {
         // Become the leader (or wait for the current one's Lease to expire).
@@ -279,13 +280,29 @@ impl Pass {
             !due
         });
         if expiry.is_some_and(|at| at <= now) {
-            // A grant may have expired: visit the objects of the open ones.
-            visit.extend(
-                grants
-                    .iter()
-                    .filter(|l| grant::Grant::from_lease(l).is_some_and(|g| g.open))
-                    .filter_map(|l| grant_object(l)),
-            );
+            // A grant may have expired: visit the objects of the open ones, and withdraw those
+            // of objects deleted since (nothing else would, and their expiry would come back).
+            let mut orphans = Vec::new();
+            for lease in grants
+                .iter()
+                .filter(|l| grant::Grant::from_lease(l).is_some_and(|g| g.open))
+            {
+                let Some(object) = grant_object(lease) else {
+                    continue;
+                };
+                let at = ObjectRef::new(&object.1).within(&object.0);
+                if caches.static_pods.get(&at).is_some()
+                    || caches
+                        .yurt_static_sets
+                        .get(&ObjectRef::new(&object.1).within(&object.0))
+                        .is_some()
+                {
+                    visit.insert(object);
+                } else {
+                    orphans.push(lease.clone());
+                }
+            }
+            self.withdraw(&orphans).await;
         }
         let canary: HashSet<String> = caches
             .canary_nodes
@@ -382,7 +399,7 @@ impl Pass {
                     grants,
                 };
                 let decision = self.coordinator.coordinate(&rollout, now).await;
-                again = self.coordinator.due(key, now);
+                again = self.coordinator.due(key);
                 Some(decision)
             }
             // OTA (nothing to grant), or a strategy the agents refuse too: no grants stay out.

@@ -462,9 +462,14 @@ impl Upgrader {
                 .map_err(store_err)?,
             None => None,
         };
-        self.failed
+        // Restore whatever happens: this process remembers the hash in memory even if the
+        // state directory cannot be written.
+        if let Err(e) = self
+            .failed
             .record(&self.store, &entry.manifest, &entry.target_hash)
-            .map_err(store_err)?;
+        {
+            tracing::error!(manifest = %entry.manifest, error = %e, "recording the failed hash; restoring anyway");
+        }
         match &previous {
             Some(bytes) => {
                 self.store
@@ -495,6 +500,14 @@ impl Upgrader {
             Ok(Outcome::RolledBack { reason, .. }) => Finish::RolledBack(reason.clone()),
             Ok(Outcome::Superseded) | Err(_) => Finish::Released,
         };
+        if matches!(result, Ok(Outcome::Succeeded { .. }))
+            && let Err(e) = self
+                .failed
+                .forget(&self.store, &desired.manifest, &desired.hash)
+        {
+            // A run killed between recording a failure and restoring, whose pod then came up.
+            tracing::warn!(manifest = %desired.manifest, error = %e, "forgetting a failure of a hash now running");
+        }
         release(grant, &how).await;
         if grant.is_some() {
             reached(KillPoint::OutcomeRecorded);

@@ -232,7 +232,9 @@ impl Reconciler {
                 Plan::Upgrade { needs_grant: false } => {
                     self.memory.members.insert(d.manifest.clone());
                     pending.push(Pending::moving(format!("{} behind", d.key)));
-                    self.start_upgrade(d, None).await;
+                    // A grant this node holds (kept by a restart) goes with it, to be finished.
+                    let grant = self.grant_for(d, &d.hash);
+                    self.start_upgrade(d, grant).await;
                 }
                 Plan::Upgrade { needs_grant: true } => {
                     self.memory.members.insert(d.manifest.clone());
