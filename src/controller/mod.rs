@@ -77,6 +77,27 @@ struct Caches {
 }
 
 impl Caches {
+    /// The objects of both kinds named `name` (a mirror pod or a grant cannot tell which).
+    fn named(&self, name: &ObjectName) -> (Option<Arc<StaticPod>>, Option<Arc<YurtStaticSet>>) {
+        (
+            self.static_pods
+                .get(&ObjectRef::new(&name.1).within(&name.0)),
+            self.yurt_static_sets
+                .get(&ObjectRef::new(&name.1).within(&name.0)),
+        )
+    }
+
+    /// Every object's name.
+    fn names(&self) -> HashSet<ObjectName> {
+        let static_pods = self.static_pods.state();
+        let yurt_static_sets = self.yurt_static_sets.state();
+        static_pods
+            .iter()
+            .map(|o| name_of(&**o))
+            .chain(yurt_static_sets.iter().map(|o| name_of(&**o)))
+            .collect()
+    }
+
     async fn ready(&self) {
         let _ = self.static_pods.wait_until_ready().await;
         let _ = self.yurt_static_sets.wait_until_ready().await;
@@ -257,19 +278,7 @@ impl Pass {
         let grants = caches.grants.state();
         let expiry = self.coordinator.observe(&grants, now);
         let mut visit: HashSet<ObjectName> = match changes.take(&caches.pods) {
-            Visit::Everything => caches
-                .static_pods
-                .state()
-                .iter()
-                .map(|o| name_of(&**o))
-                .chain(
-                    caches
-                        .yurt_static_sets
-                        .state()
-                        .iter()
-                        .map(|o| name_of(&**o)),
-                )
-                .collect(),
+            Visit::Everything => caches.names(),
             Visit::Objects(objects) => objects,
         };
         self.due.retain(|object, at| {
@@ -290,16 +299,11 @@ impl Pass {
                 let Some(object) = grant_object(lease) else {
                     continue;
                 };
-                let at = ObjectRef::new(&object.1).within(&object.0);
-                if caches.static_pods.get(&at).is_some()
-                    || caches
-                        .yurt_static_sets
-                        .get(&ObjectRef::new(&object.1).within(&object.0))
-                        .is_some()
-                {
-                    visit.insert(object);
-                } else {
-                    orphans.push(lease.clone());
+                match caches.named(&object) {
+                    (None, None) => orphans.push(lease.clone()),
+                    _ => {
+                        visit.insert(object);
+                    }
                 }
             }
             self.withdraw(&orphans).await;
@@ -317,11 +321,9 @@ impl Pass {
                 coordinator::members_by_object(&changes.members(&object, &caches.pods), &canary)
                     .remove(&object)
                     .unwrap_or_default();
+            let (static_pod, yurt_static_set) = caches.named(&object);
             let mut due = None;
-            if let Some(o) = caches
-                .static_pods
-                .get(&ObjectRef::new(&object.1).within(&object.0))
-            {
+            if let Some(o) = static_pod {
                 let key = key_of(Kind::StaticPod, &*o);
                 let g = grants_by_object
                     .get(&grant::object_label(&key))
@@ -330,10 +332,7 @@ impl Pass {
                     .object(&key, &*o, &o.spec, o.status.as_ref(), &members, g, now)
                     .await;
             }
-            if let Some(o) = caches
-                .yurt_static_sets
-                .get(&ObjectRef::new(&object.1).within(&object.0))
-            {
+            if let Some(o) = yurt_static_set {
                 let key = key_of(Kind::YurtStaticSet, &*o);
                 let spec: StaticPodSpec = o.spec.clone().into();
                 let g = grants_by_object

@@ -34,7 +34,7 @@ pub(super) struct GrantFigures {
     /// How long each finished grant was held.
     pub holds: Vec<Duration>,
     /// For each grant handed out once the window was full: how long after the k-th finish the
-    /// (budget + k)-th grant came (the controller's handover, seen from outside).
+    /// (budget + k)-th grant came (the controller's handover, seen from outside); sorted.
     pub handovers: Vec<Duration>,
     /// Changes the watch missed: the figures are incomplete when not 0.
     pub missed: u64,
@@ -107,11 +107,12 @@ impl GrantWatch {
         let mut finished: Vec<Instant> = of_hash.iter().filter_map(|(_, f)| *f).collect();
         created.sort();
         finished.sort();
-        let handovers = finished
+        let mut handovers: Vec<Duration> = finished
             .iter()
             .zip(created.iter().skip(budget))
             .map(|(freed, granted)| granted.saturating_duration_since(*freed))
             .collect();
+        handovers.sort();
         GrantFigures {
             holds,
             handovers,
@@ -127,9 +128,9 @@ impl Drop for GrantWatch {
 }
 
 impl GrantFigures {
-    /// The `q` quantile (0..=1) of `values`, sorted in place.
-    pub(super) fn quantile(values: &mut [Duration], q: f64) -> Option<Duration> {
-        values.sort();
+    /// The `q` quantile (0..=1) of the handovers.
+    pub(super) fn handover(&self, q: f64) -> Option<Duration> {
+        let values = &self.handovers;
         let last = values.len().checked_sub(1)?;
         values.get(((last as f64) * q).round() as usize).copied()
     }

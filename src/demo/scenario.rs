@@ -273,12 +273,13 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
                 first_write.map_or(0, |d| d.as_millis())
             );
         }
+        let figures = grants.stop(&new_hash, budget);
         let GrantFigures {
             holds,
-            mut handovers,
+            handovers,
             missed,
-        } = grants.stop(&new_hash, budget);
-        if missed > 0 {
+        } = &figures;
+        if *missed > 0 {
             println!("   (the grant figures below missed {missed} changes: the demo fell behind)");
         }
         if !holds.is_empty() {
@@ -290,9 +291,9 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
             );
         }
         if let (Some(p50), Some(p99), Some(max)) = (
-            GrantFigures::quantile(&mut handovers, 0.5),
-            GrantFigures::quantile(&mut handovers, 0.99),
-            GrantFigures::quantile(&mut handovers, 1.0),
+            figures.handover(0.5),
+            figures.handover(0.99),
+            figures.handover(1.0),
         ) {
             println!(
                 "   a freed unit's next grant (grant finished → next handed out, {} handovers): p50 {} ms, p99 {} ms, max {} ms",

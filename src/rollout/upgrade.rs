@@ -147,8 +147,7 @@ impl FailedHashes {
     fn record(&self, store: &ManifestStore, manifest: &str, hash: &str) -> Result<(), StoreError> {
         let mut map = self.by_manifest.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(manifest.to_string(), hash.to_string());
-        let bytes = serde_json::to_vec_pretty(&*map).unwrap_or_default();
-        store.write_state(FAILED_FILE, &bytes)
+        save(store, &map)
     }
 
     /// `hash` is being tried again (a retry): forget that it failed, so a failure recorded
@@ -159,8 +158,7 @@ impl FailedHashes {
             return Ok(());
         }
         map.remove(manifest);
-        let bytes = serde_json::to_vec_pretty(&*map).unwrap_or_default();
-        store.write_state(FAILED_FILE, &bytes)
+        save(store, &map)
     }
 
     fn failed(&self, manifest: &str, hash: &str) -> bool {
@@ -170,6 +168,11 @@ impl FailedHashes {
             .get(manifest)
             .is_some_and(|h| h == hash)
     }
+}
+
+fn save(store: &ManifestStore, failed: &HashMap<String, String>) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(failed).unwrap_or_default();
+    store.write_state(FAILED_FILE, &bytes)
 }
 
 /// Everything an upgrade needs.
