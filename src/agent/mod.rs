@@ -28,6 +28,7 @@ use crate::desired::applied::Applied;
 use crate::desired::authority::{Connectivity, probe_interval};
 use crate::desired::cache;
 use crate::images::Prepull;
+use crate::images::cri::Cri;
 use crate::manifest::store::{ManifestStore, StoreError};
 use crate::ota::{self, Ota, api};
 use crate::rollout::events::Recorder;
@@ -66,24 +67,29 @@ pub struct Agent {
     _dir_watch: Option<notify::RecommendedWatcher>,
 }
 
-/// Pre-pull through the runtime `cri.endpoint` names: a socket given that is missing or not
-/// a socket stops the agent; none found (or `""`) turns pre-pull off, saying why.
+/// Pre-pull through `connected` (a runtime the caller connected), or else the runtime
+/// `cri.endpoint` names: a socket given that is missing or not a socket stops the agent; none
+/// found (or `""`) turns pre-pull off, saying why.
 fn start_prepull(
     config: &Config,
     node: &str,
+    connected: Option<Cri>,
     changed: Arc<tokio::sync::Notify>,
 ) -> Result<Arc<Prepull>, AgentError> {
-    let cri = match crate::images::cri::resolve(config.cri.endpoint.as_deref())
-        .map_err(|e| AgentError::Config(e.to_string()))?
-    {
-        Ok(socket) => {
-            tracing::info!(%node, socket = %socket.display(), "pulling new templates' images before upgrading, through the container runtime");
-            Some(crate::images::cri::Cri::new(&socket))
-        }
-        Err(why) => {
-            tracing::info!(%node, "image pre-pull off: {why}; kubelet pulls images after the manifest is written");
-            None
-        }
+    let cri = match connected {
+        Some(cri) => Some(cri),
+        None => match crate::images::cri::resolve(config.cri.endpoint.as_deref())
+            .map_err(|e| AgentError::Config(e.to_string()))?
+        {
+            Ok(socket) => {
+                tracing::info!(%node, socket = %socket.display(), "pulling new templates' images before upgrading, through the container runtime");
+                Some(Cri::new(&socket))
+            }
+            Err(why) => {
+                tracing::info!(%node, "image pre-pull off: {why}; kubelet pulls images after the manifest is written");
+                None
+            }
+        },
     };
     Ok(Prepull::new(
         cri,
@@ -101,14 +107,17 @@ impl Agent {
                 path: config.kubeconfig.display().to_string(),
                 reason,
             })?;
-        Agent::start_with_client(config, client).await
+        Agent::start_with_client(config, client, None).await
     }
 
-    /// As [`Agent::start`], with a client made by the caller (the demo's agent tasks reach the
-    /// dev cluster without sockets) instead of one from `config.kubeconfig`.
+    /// As [`Agent::start`], with a client made by the caller instead of one from
+    /// `config.kubeconfig`, and, if given, a container runtime the caller connected instead of
+    /// the one `cri.endpoint` names (the demo's agent tasks reach the dev cluster and their
+    /// nodes' runtimes without sockets).
     pub async fn start_with_client(
         config: Config,
         client: kube::Client,
+        cri: Option<Cri>,
     ) -> Result<Agent, AgentError> {
         let node = config.resolved_node_name().map_err(AgentError::Config)?;
         let store = Arc::new(ManifestStore::open(
@@ -168,7 +177,7 @@ impl Agent {
                 move |_| changed.notify_one(),
             )
         };
-        let prepull = start_prepull(&config, &node, caches.changed.clone())?;
+        let prepull = start_prepull(&config, &node, cri, caches.changed.clone())?;
         let ota = Arc::new(Ota::new(
             &node,
             client.clone(),

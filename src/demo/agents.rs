@@ -33,14 +33,20 @@ fn write_agent_config(node: &SimNode, options: &DemoOptions) -> Result<PathBuf, 
         .parent()
         .unwrap_or(&node.state_dir)
         .join("agent.yaml");
+    let cri = match node.kubelet.cri_endpoint() {
+        Some(endpoint) => format!("  endpoint: {endpoint}\n"),
+        None => {
+            "  # The demo's agent tasks reach their node's runtime in-process.\n  endpoint: \"\"\n"
+                .into()
+        }
+    };
     let text = format!(
-        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlocalApi:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\ncri:\n  endpoint: {}\nlog:\n  level: {:?}\n",
+        "nodeName: {}\nkubeconfig: {}\nmanifestDir: {}\nstateDir: {}\nrollout:\n  progressDeadline: {}\n  leaseDuration: 15s\nlocalApi:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\ncri:\n{cri}log:\n  level: {:?}\n",
         node.name,
         node.agent_kubeconfig.display(),
         node.manifest_dir.display(),
         node.state_dir.display(),
         crate::config::HumanDuration(options.progress_deadline),
-        node.kubelet.cri_endpoint(),
         options.agent_log_level,
     );
     std::fs::write(&path, text).map_err(|source| DemoError::Io {
@@ -113,12 +119,13 @@ async fn start_agent_tasks(
             .map_err(|e| DemoError::Manifests(e.to_string()))?;
         config.local_api.listen = String::new();
         config.metrics.listen = String::new();
-        // Over in-memory pipes: over TCP, a thousand agents' connections exhaust this
-        // process's file descriptors.
+        // The API server and the runtime over in-memory pipes: over sockets, a thousand
+        // agents' connections exhaust this process's file descriptors.
         let client = crate::sim::apiserver::pipe_client(&config.kubeconfig, pipes.clone())
             .await
             .map_err(|e| DemoError::Manifests(format!("client of {}: {e}", node.name)))?;
-        let agent = crate::agent::Agent::start_with_client(config, client)
+        let cri = crate::images::cri::Cri::over(node.kubelet.images().in_process_channel());
+        let agent = crate::agent::Agent::start_with_client(config, client, Some(cri))
             .await
             .map_err(|e| DemoError::Manifests(format!("agent of {}: {e}", node.name)))?;
         let name = node.name.clone();

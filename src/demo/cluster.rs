@@ -64,6 +64,8 @@ pub(super) async fn start_cluster(options: &DemoOptions) -> Result<DevCluster, D
     cluster_options.pull_delay = options.pull_delay;
     // The nodes run the old image already; the new one is pulled.
     cluster_options.preloaded = vec![super::scenario::OLD_IMAGE.to_string()];
+    // Agent tasks reach their nodes in-process; agent processes need the sockets.
+    cluster_options.sockets = options.agents == super::AgentMode::Processes;
     let cluster = DevCluster::start(cluster_options).await?;
     cluster.apply(&bootstrap_objects()?)?;
     Ok(cluster)
@@ -93,7 +95,9 @@ pub(super) fn print_access(cluster: &DevCluster) {
             "node {}: manifests {} (kubelet pods {})",
             node.name,
             node.manifest_dir.display(),
-            node.kubelet.pods_url()
+            node.kubelet
+                .pods_url()
+                .unwrap_or_else(|| "in-process only".into())
         );
     }
     println!();

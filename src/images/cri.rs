@@ -111,6 +111,13 @@ impl Cri {
         }
     }
 
+    /// A client over a channel the caller connected (the dev cluster's in-process runtimes).
+    pub fn over(channel: Channel) -> Cri {
+        Cri {
+            client: ImageServiceClient::new(channel),
+        }
+    }
+
     fn spec(image: &str) -> Option<ImageSpec> {
         Some(ImageSpec {
             image: image.to_string(),

@@ -67,6 +67,11 @@ pub struct DevClusterOptions {
     pub pull_delay: Duration,
     /// Images every node has from the start.
     pub preloaded: Vec<String>,
+    /// Whether each node serves its kubelet's `/pods` on a loopback port and its runtime's CRI
+    /// on a Unix socket, as a real node does (the default). Without, they are reached
+    /// in-process only: a fleet of thousands in one process would otherwise hold four file
+    /// descriptors a node (listener, socket, and both ends of each agent's connection).
+    pub sockets: bool,
 }
 
 impl DevClusterOptions {
@@ -80,6 +85,7 @@ impl DevClusterOptions {
             history: DEFAULT_HISTORY,
             pull_delay: Duration::ZERO,
             preloaded: Vec::new(),
+            sockets: true,
         }
     }
 }
@@ -104,6 +110,7 @@ pub struct DevCluster {
     timings: Timings,
     pull_delay: Duration,
     preloaded: Vec<String>,
+    sockets: bool,
 }
 
 impl DevCluster {
@@ -140,6 +147,7 @@ impl DevCluster {
             timings: options.timings,
             pull_delay: options.pull_delay,
             preloaded: options.preloaded.clone(),
+            sockets: options.sockets,
         };
         for i in 1..=options.nodes {
             cluster
@@ -198,7 +206,7 @@ impl DevCluster {
             self.timings,
             self.broken.clone(),
             images,
-            &node_dir.join("cri.sock"),
+            self.sockets.then(|| node_dir.join("cri.sock")).as_deref(),
         )
         .await
         .map_err(|source| DevClusterError::Kubelet {

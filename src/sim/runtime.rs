@@ -84,6 +84,47 @@ impl ImageStore {
     }
 }
 
+/// How much each direction of an in-process connection buffers.
+const PIPE_BUFFER: usize = 64 * 1024;
+
+impl ImageStore {
+    /// A client channel to this store's ImageService that uses no socket: each connection is
+    /// an in-memory pipe to a server task, which ends when the channel's last clone is dropped.
+    /// The demo's agent tasks pre-pull through it: over Unix sockets, thousands of nodes' runtimes
+    /// and connections exhaust the process's file descriptors.
+    pub fn in_process_channel(self: &Arc<Self>) -> tonic::transport::Channel {
+        use tokio_stream::StreamExt as _;
+        let (pipes, incoming) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
+        let service = ImageServiceServer::new(CriServer {
+            store: self.clone(),
+        });
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(incoming)
+                .map(Ok::<_, std::io::Error>);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::warn!(error = %e, "the simulated in-process CRI server stopped");
+            }
+        });
+        // The URI is required by tonic and unused: the connector makes a pipe.
+        tonic::transport::Endpoint::from_static("http://cri.invalid").connect_with_connector_lazy(
+            tower::service_fn(move |_| {
+                let (client, server) = tokio::io::duplex(PIPE_BUFFER);
+                let sent = pipes.send(server).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "the simulated runtime has stopped",
+                    )
+                });
+                async move { sent.map(|()| hyper_util::rt::TokioIo::new(client)) }
+            }),
+        )
+    }
+}
+
 struct CriServer {
     store: Arc<ImageStore>,
 }

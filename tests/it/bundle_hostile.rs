@@ -853,7 +853,7 @@ async fn a_running_agent_rejects_the_whole_corpus_and_writes_nothing() {
             node.agent_kubeconfig.display(),
             node.manifest_dir.display(),
             node.state_dir.display(),
-            node.kubelet.pods_url(),
+            node.kubelet.pods_url().expect("the node serves /pods"),
             drop_dir.display(),
             pubs.join(", "),
         ),

@@ -796,7 +796,7 @@ async fn kubelet_mirrors_manifest_files_and_ignores_dot_files() {
     wait_pod(&pods, &name, "Ready", is_ready).await;
     let hidden = pods.get_opt(&format!("hidden-{NODE}")).await.unwrap();
     assert!(hidden.is_none(), "a dot-file was mirrored: {hidden:?}");
-    let local = http_get_json(&node.kubelet.pods_url()).await;
+    let local = http_get_json(&node.kubelet.pods_url().expect("the node serves /pods")).await;
     let items = local["items"].as_array().into_iter().flatten();
     let items = items.filter_map(|p| p.pointer("/metadata/name")?.as_str());
     let local: Vec<_> = items.collect();

@@ -5,7 +5,9 @@
 //! `<pod name>-<node name>`, annotates them with `kubernetes.io/config.{source,mirror,hash}`,
 //! recreates a mirror pod deleted through the API, keeps pod conditions it does not own, and
 //! never makes a pod Ready whose image is broken. It also serves its own pod list on a
-//! loopback port, as kubelet's `/pods` does, so readiness can be read without the API server.
+//! loopback port, as kubelet's `/pods` does, so readiness can be read without the API server,
+//! and its runtime's CRI on a Unix socket; or neither, for fleets of thousands in one process,
+//! whose agents reach the runtime in-process.
 
 mod conditions;
 mod local_pods;
@@ -96,9 +98,11 @@ pub struct Kubelet {
     reporting: Arc<AtomicBool>,
     state: Arc<Mutex<State>>,
     store: Arc<Store>,
-    pods_addr: SocketAddr,
+    /// None: no `/pods` endpoint.
+    pods_addr: Option<SocketAddr>,
     images: Arc<ImageStore>,
-    cri_socket: PathBuf,
+    /// None: the runtime is reached in-process only.
+    cri_socket: Option<PathBuf>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -111,7 +115,9 @@ impl Drop for Kubelet {
 }
 
 impl Kubelet {
-    /// Start a kubelet for `node` reading `manifest_dir`, and its local `/pods` endpoint.
+    /// Start a kubelet for `node` reading `manifest_dir`; with `cri_socket`, its local `/pods`
+    /// endpoint and its runtime's CRI on that socket too (without, each would cost this
+    /// process a file descriptor or more per node).
     pub async fn start(
         store: Arc<Store>,
         node: &str,
@@ -119,14 +125,11 @@ impl Kubelet {
         timings: Timings,
         broken: BrokenImages,
         images: Arc<ImageStore>,
-        cri_socket: &Path,
+        cri_socket: Option<&Path>,
     ) -> std::io::Result<Kubelet> {
         std::fs::create_dir_all(manifest_dir)?;
-        let cri_task = images.serve(cri_socket)?;
         let state = Arc::new(Mutex::new(State::default()));
         let reporting = Arc::new(AtomicBool::new(true));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let pods_addr = listener.local_addr()?;
 
         let sync = Sync {
             node: node.to_string(),
@@ -138,32 +141,43 @@ impl Kubelet {
             state: state.clone(),
             reporting: reporting.clone(),
         };
-        let sync_task = tokio::spawn(async move {
+
+        // The endpoints first: a port or socket that cannot be had leaves no task running.
+        let mut tasks = Vec::new();
+        let pods_addr = match cri_socket {
+            Some(socket) => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                tasks.push(images.serve(socket)?);
+                let local = LocalPods {
+                    node: node.to_string(),
+                    state: state.clone(),
+                    broken,
+                };
+                let app = axum::Router::new().route(
+                    "/pods",
+                    axum::routing::get(move || {
+                        let local = local.clone();
+                        async move { axum::Json(local.pod_list(Instant::now())) }
+                    }),
+                );
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::warn!(error = %e, "simulated kubelet /pods endpoint stopped");
+                    }
+                }));
+                Some(addr)
+            }
+            None => None,
+        };
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(timings.poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 sync.once(Instant::now());
             }
-        });
-
-        let local = LocalPods {
-            node: node.to_string(),
-            state: state.clone(),
-            broken,
-        };
-        let app = axum::Router::new().route(
-            "/pods",
-            axum::routing::get(move || {
-                let local = local.clone();
-                async move { axum::Json(local.pod_list(Instant::now())) }
-            }),
-        );
-        let serve_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "simulated kubelet /pods endpoint stopped");
-            }
-        });
+        }));
 
         Ok(Kubelet {
             node: node.to_string(),
@@ -173,8 +187,8 @@ impl Kubelet {
             store,
             pods_addr,
             images,
-            cri_socket: cri_socket.to_path_buf(),
-            tasks: vec![sync_task, serve_task, cri_task],
+            cri_socket: cri_socket.map(Path::to_path_buf),
+            tasks,
         })
     }
 
@@ -191,14 +205,17 @@ impl Kubelet {
         &self.images
     }
 
-    /// The node's CRI socket, as `cri.endpoint` takes it.
-    pub fn cri_endpoint(&self) -> String {
-        format!("unix://{}", self.cri_socket.display())
+    /// The node's CRI socket, as `cri.endpoint` takes it; None if it is reached in-process only
+    /// ([`ImageStore::in_process_channel`]).
+    pub fn cri_endpoint(&self) -> Option<String> {
+        self.cri_socket
+            .as_ref()
+            .map(|s| format!("unix://{}", s.display()))
     }
 
-    /// The kubelet's local pod list, as `http://127.0.0.1:PORT/pods`.
-    pub fn pods_url(&self) -> String {
-        format!("http://{}/pods", self.pods_addr)
+    /// The kubelet's local pod list, as `http://127.0.0.1:PORT/pods`; None if not served.
+    pub fn pods_url(&self) -> Option<String> {
+        self.pods_addr.map(|a| format!("http://{a}/pods"))
     }
 
     /// Take the node NotReady (false) or bring it back (true). A NotReady node's kubelet stops

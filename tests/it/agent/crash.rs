@@ -224,14 +224,24 @@ async fn an_agent_killed_after_writing_a_broken_image_rolls_back_when_restarted(
         hand_placed("nginx", OLD_IMAGE),
         "expected the hand-placed manifest restored after the rollback"
     );
-    let events = env.events("RolledBack").await.expect("listing events");
-    assert!(
-        events.iter().any(|e| e
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains(&node) && m.contains(&new_hash))),
-        "expected a RolledBack event for {new_hash} from {node}; got {events:?}"
-    );
+    // The Event follows the journal's close (the outcome is recorded first).
+    env.wait(
+        "a RolledBack event from the restarted agent",
+        Duration::from_secs(10),
+        async || {
+            let events = env.events("RolledBack").await?;
+            if events.iter().any(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(&node) && m.contains(&new_hash))
+            }) {
+                Ok(())
+            } else {
+                Err(format!("RolledBack events: {events:?}"))
+            }
+        },
+    )
+    .await;
     let (written, restored) = write_and_restore(&history, &path, &new_hash)
         .unwrap_or_else(|| panic!("expected {new_hash} written then restored; saw {history:?}"));
     // The journal keeps the start time in whole seconds of wall clock: allow a second.

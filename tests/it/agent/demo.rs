@@ -55,6 +55,23 @@ fn demo_plays_the_seed_scenario_and_the_rollback() {
             ][..],
             "== rollout halted: 3 of 3 nodes rolled",
         ),
+        // Agents as tasks pre-pull through their nodes' runtimes in-process (no socket).
+        (
+            &[
+                "demo",
+                "--agents",
+                "tasks",
+                "--nodes",
+                "6",
+                "--max-unavailable",
+                "2",
+                "--pull-delay",
+                "4s",
+                "--idle-window",
+                "0s",
+            ][..],
+            "images pulled before the upgrade: PodImageReady=True seen on 6/6 nodes",
+        ),
     ] {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let out = Command::new(support::binary())

@@ -100,6 +100,7 @@ impl Env {
             .unwrap_or_else(|| panic!("no node {node}"))
             .kubelet
             .pods_url()
+            .expect("the nodes serve /pods")
     }
 
     pub(crate) async fn start(nodes: usize, timings: Timings) -> Env {
@@ -254,7 +255,7 @@ impl Env {
             HumanDuration(settings.progress_deadline),
             HumanDuration(settings.lease_duration),
             settings.drift,
-            n.kubelet.cri_endpoint(),
+            n.kubelet.cri_endpoint().expect("the nodes serve the CRI"),
             sections,
         );
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
