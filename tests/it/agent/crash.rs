@@ -186,23 +186,8 @@ async fn an_agent_killed_after_its_write_completes_the_upgrade_when_restarted() 
         env.all_mirrors("nginx", |m| m.ready && m.hash.as_deref() == Some(&new_hash))
     })
     .await;
-    env.wait(
-        "an UpgradeSucceeded event from the restarted agent",
-        Duration::from_secs(10),
-        async || {
-            let events = env.events("UpgradeSucceeded").await?;
-            if events.iter().any(|e| {
-                e.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains(&node) && m.contains(&new_hash))
-            }) {
-                Ok(())
-            } else {
-                Err(format!("{} UpgradeSucceeded events", events.len()))
-            }
-        },
-    )
-    .await;
+    let message = env.wait_event("UpgradeSucceeded", &new_hash).await;
+    assert!(message.contains(&node), "{message}");
     env.wait_grants_finished("nginx").await;
     let history = watch.finish().await;
     assert_only_old_or_new(&history, &new_hash);
@@ -225,23 +210,8 @@ async fn an_agent_killed_after_writing_a_broken_image_rolls_back_when_restarted(
         "expected the hand-placed manifest restored after the rollback"
     );
     // The Event follows the journal's close (the outcome is recorded first).
-    env.wait(
-        "a RolledBack event from the restarted agent",
-        Duration::from_secs(10),
-        async || {
-            let events = env.events("RolledBack").await?;
-            if events.iter().any(|e| {
-                e.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains(&node) && m.contains(&new_hash))
-            }) {
-                Ok(())
-            } else {
-                Err(format!("RolledBack events: {events:?}"))
-            }
-        },
-    )
-    .await;
+    let message = env.wait_event("RolledBack", &new_hash).await;
+    assert!(message.contains(&node), "{message}");
     let (written, restored) = write_and_restore(&history, &path, &new_hash)
         .unwrap_or_else(|| panic!("expected {new_hash} written then restored; saw {history:?}"));
     // The journal keeps the start time in whole seconds of wall clock: allow a second.
