@@ -36,10 +36,15 @@ impl Store {
             }
             _ => {}
         }
-        let name = match meta.get("name").and_then(Value::as_str) {
+        // The prefix, when the name is generated.
+        let mut generate = None;
+        let mut name = match meta.get("name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => match meta.get("generateName").and_then(Value::as_str) {
-                Some(prefix) if !prefix.is_empty() => format!("{prefix}{}", random_suffix()),
+                Some(prefix) if !prefix.is_empty() => {
+                    generate = Some(prefix.to_string());
+                    format!("{prefix}{}", random_suffix())
+                }
                 _ => {
                     return Err(ApiError::invalid(
                         &rt,
@@ -54,8 +59,15 @@ impl Store {
             let ns_type = inner.types[&ResourceKey::core("namespaces")].clone();
             return Err(ApiError::not_found(&ns_type, &ns));
         }
-        if inner.objects[key].contains_key(&(ns.clone(), name.clone())) {
-            return Err(ApiError::already_exists(&rt, &name));
+        let taken = |n: &str| inner.objects[key].contains_key(&(ns.clone(), n.to_string()));
+        if taken(&name) {
+            match &generate {
+                Some(prefix) => {
+                    name = generate_again(prefix, taken, random_suffix)
+                        .ok_or_else(|| ApiError::already_exists(&rt, &name))?;
+                }
+                None => return Err(ApiError::already_exists(&rt, &name)),
+            }
         }
         let rv = inner.rv + 1;
         let meta = metadata_mut(&mut obj)?;
@@ -340,6 +352,18 @@ impl Store {
     }
 }
 
+/// A generated name that is not taken, generating it again up to 7 times, as the API server
+/// does since 1.32 (RetryGenerateName): thousands of Events would otherwise collide.
+fn generate_again(
+    prefix: &str,
+    taken: impl Fn(&str) -> bool,
+    mut suffix: impl FnMut() -> String,
+) -> Option<String> {
+    (0..7)
+        .map(|_| format!("{prefix}{}", suffix()))
+        .find(|n| !taken(n))
+}
+
 fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
     let ok = name.len() <= 253
         && !name.starts_with(['-', '.'])
@@ -404,5 +428,32 @@ impl Inner {
         } else {
             Err(admission::invalid(rt, name, &errors))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generate_again;
+
+    #[test]
+    fn a_taken_generated_name_is_generated_again_up_to_seven_times() {
+        let suffixes = |list: &'static [&'static str]| {
+            let mut it = list.iter();
+            move || it.next().map(|s| s.to_string()).unwrap_or_default()
+        };
+        let taken = |n: &str| n != "web.free";
+        assert_eq!(
+            generate_again("web.", taken, suffixes(&["a", "b", "free"])).as_deref(),
+            Some("web.free")
+        );
+        assert_eq!(
+            generate_again(
+                "web.",
+                taken,
+                suffixes(&["1", "2", "3", "4", "5", "6", "7", "free"])
+            ),
+            None,
+            "seven tries, then a 409"
+        );
     }
 }
