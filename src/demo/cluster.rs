@@ -79,6 +79,10 @@ fn demo_timings(ready_delay: Duration) -> Timings {
     let replace = fast.replace_renamed.min(ready_delay / 4);
     let appear = fast.appear.min(ready_delay / 4);
     Timings {
+        // The kubelets react to their directories' changes and to their pods' due transitions;
+        // the poll is only their housekeeping, and thousands of them polling every few
+        // milliseconds would take the machine from the rollout being measured.
+        poll: Duration::from_secs(1),
         replace_renamed: replace,
         kill: fast.kill.min(replace),
         appear,

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::apiserver::{ApiServer, ApiServerError, ApiServerOptions, Identity};
 use super::error::ApiError;
-use super::kubelet::{BrokenImages, Kubelet, Timings, node_object};
+use super::kubelet::{self, BrokenImages, DirEvents, Kubelet, Timings, node_object};
 use super::resource::ResourceKey;
 use super::runtime::{ImageStore, UnpullableImages};
 use super::store::{DEFAULT_HISTORY, Store};
@@ -111,6 +111,7 @@ pub struct DevCluster {
     pull_delay: Duration,
     preloaded: Vec<String>,
     sockets: bool,
+    dir_events: Arc<DirEvents>,
 }
 
 impl DevCluster {
@@ -148,6 +149,7 @@ impl DevCluster {
             pull_delay: options.pull_delay,
             preloaded: options.preloaded.clone(),
             sockets: options.sockets,
+            dir_events: DirEvents::new(),
         };
         for i in 1..=options.nodes {
             cluster
@@ -199,12 +201,16 @@ impl DevCluster {
         for image in &self.preloaded {
             images.preload(image);
         }
+        let shared = kubelet::Shared {
+            store: self.store.clone(),
+            broken: self.broken.clone(),
+            dir_events: self.dir_events.clone(),
+        };
         let kubelet = Kubelet::start(
-            self.store.clone(),
+            shared,
             name,
             &manifest_dir,
             self.timings,
-            self.broken.clone(),
             images,
             self.sockets.then(|| node_dir.join("cri.sock")).as_deref(),
         )

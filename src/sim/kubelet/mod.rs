@@ -10,6 +10,7 @@
 //! whose agents reach the runtime in-process.
 
 mod conditions;
+mod dir_events;
 mod local_pods;
 mod manifest;
 mod mirror;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use dir_events::DirEvents;
 pub use node::node_object;
 
 use super::resource::ResourceKey;
@@ -42,7 +44,9 @@ use sync::Sync;
 /// measured on a real kubelet; `fast()` keeps tests quick while keeping the same order of events.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timings {
-    /// How often the directory is read (kubelet reacts to inotify; a poll is close enough).
+    /// How often the directory is read and the mirror pods checked when nothing else wakes
+    /// the kubelet: it reacts to its directory's changes at once (inotify, as kubelet does) and
+    /// to each pod's next transition when it is due.
     pub poll: Duration,
     /// New file → mirror pod exists (not yet Ready).
     pub appear: Duration,
@@ -103,6 +107,7 @@ pub struct Kubelet {
     images: Arc<ImageStore>,
     /// None: the runtime is reached in-process only.
     cri_socket: Option<PathBuf>,
+    dir_events: Arc<DirEvents>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -111,7 +116,16 @@ impl Drop for Kubelet {
         for t in &self.tasks {
             t.abort();
         }
+        self.dir_events.unwatch(&self.manifest_dir);
     }
+}
+
+/// What the kubelets of one dev cluster share.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub broken: BrokenImages,
+    pub dir_events: Arc<DirEvents>,
 }
 
 impl Kubelet {
@@ -119,14 +133,18 @@ impl Kubelet {
     /// endpoint and its runtime's CRI on that socket too (without, each would cost this
     /// process a file descriptor or more per node).
     pub async fn start(
-        store: Arc<Store>,
+        shared: Shared,
         node: &str,
         manifest_dir: &Path,
         timings: Timings,
-        broken: BrokenImages,
         images: Arc<ImageStore>,
         cri_socket: Option<&Path>,
     ) -> std::io::Result<Kubelet> {
+        let Shared {
+            store,
+            broken,
+            dir_events,
+        } = shared;
         std::fs::create_dir_all(manifest_dir)?;
         let state = Arc::new(Mutex::new(State::default()));
         let reporting = Arc::new(AtomicBool::new(true));
@@ -170,12 +188,17 @@ impl Kubelet {
             }
             None => None,
         };
+        let changed = dir_events.watch(manifest_dir);
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(timings.poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                sync.once(Instant::now());
+                let now = Instant::now();
+                sync.once(now);
+                let due = lock(&sync.state).next_due(now);
+                let next = due.map_or(now + timings.poll, |at| at.min(now + timings.poll));
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = changed.notified() => {}
+                }
             }
         }));
 
@@ -188,6 +211,7 @@ impl Kubelet {
             pods_addr,
             images,
             cri_socket: cri_socket.map(Path::to_path_buf),
+            dir_events,
             tasks,
         })
     }

@@ -58,6 +58,23 @@ pub(super) struct State {
     pub(super) next_sweep: Option<Instant>,
 }
 
+impl State {
+    /// The next moment a pod changes by time alone (appears, turns Ready, is killed, replaced,
+    /// removed or recreated), if any is to come.
+    pub(super) fn next_due(&self, now: Instant) -> Option<Instant> {
+        let pods = self
+            .pods
+            .values()
+            .flat_map(|p| [Some(p.appear_at), Some(p.ready_at), p.recreate_at])
+            .flatten();
+        let transitions = self
+            .transitions
+            .values()
+            .flat_map(|t| [t.kill_at, t.done_at]);
+        pods.chain(transitions).filter(|at| *at > now).min()
+    }
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // State is only replaced whole-field at a time; a panic mid-tick leaves it usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
