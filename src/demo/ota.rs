@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
-use super::progress::{follow, node_lines, table_header};
+use super::progress::{PodLines, follow, table_header};
 use super::scenario::NEW_IMAGE;
 use super::{DemoError, DemoOptions};
 use crate::resources::StaticPod;
@@ -18,7 +17,7 @@ pub(super) async fn play_ota(
     options: &DemoOptions,
     cluster: &DevCluster,
     sps: &Api<StaticPod>,
-    pods: &Api<Pod>,
+    pods: &PodLines,
     new_hash: &str,
 ) -> Result<(), DemoError> {
     follow(sps, pods, Duration::from_secs(60), |_, nodes| {
@@ -63,7 +62,7 @@ pub(super) async fn play_ota(
         })
     })
     .await?;
-    let lines = node_lines(pods).await?;
+    let lines = pods.snapshot();
     let moved: Vec<&String> = lines
         .iter()
         .filter(|(_, l)| l.image == NEW_IMAGE)

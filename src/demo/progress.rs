@@ -2,17 +2,21 @@
 //! change, and waiting for a condition.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::ListParams;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::DemoError;
 use crate::manifest::mirror::{is_member_pod, pod_hash, pod_ready};
 use crate::resources::StaticPod;
 use crate::sim::apiserver::human_duration;
+use crate::sim::resource::ResourceKey;
+use crate::sim::selector::Selectors;
+use crate::sim::store::{Change, ChangeKind, Store, WatchFrom};
 
 /// What the demo prints about one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,49 +30,111 @@ pub(super) struct NodeLine {
     pub(super) image_ready: Option<(String, String)>,
 }
 
-pub(super) async fn node_lines(pods: &Api<Pod>) -> Result<BTreeMap<String, NodeLine>, DemoError> {
-    let list = pods.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|p| is_member_pod("nginx", p))
-        .map(|p| {
-            let node = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default();
-            let image = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default();
-            let hash = pod_hash(p).unwrap_or("(none)").to_string();
-            let need_upgrade = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|cs| cs.iter().find(|c| c.type_ == crate::ota::NEED_UPGRADE))
-                .map(|c| c.status.clone());
-            let image_ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|cs| cs.iter().find(|c| c.type_ == crate::images::IMAGE_READY))
-                .map(|c| (c.status.clone(), c.message.clone().unwrap_or_default()));
-            (
-                node,
-                NodeLine {
-                    image,
-                    hash,
-                    ready: pod_ready(p),
-                    need_upgrade,
-                    image_ready,
-                },
-            )
-        })
-        .collect())
+/// The member pods' lines by node, kept from the dev cluster's own feed of pod changes (in
+/// this process): listing thousands of pods through the API every 100 ms would load the API
+/// server whose rollout is being measured.
+pub(super) struct PodLines {
+    task: tokio::task::JoinHandle<()>,
+    lines: Arc<Mutex<BTreeMap<String, NodeLine>>>,
+}
+
+impl Drop for PodLines {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PodLines {
+    pub(super) fn start(store: &Arc<Store>) -> Result<PodLines, DemoError> {
+        let watching = |store: &Store| {
+            store
+                .watch(
+                    &ResourceKey::core("pods"),
+                    WatchFrom::Current,
+                    &Selectors::default(),
+                )
+                .map_err(|e| DemoError::Timeout(format!("watching the pods: {e}")))
+        };
+        let started = watching(store)?;
+        let lines: Arc<Mutex<BTreeMap<String, NodeLine>>> = Arc::default();
+        let apply = {
+            let lines = lines.clone();
+            move |change: &Change| {
+                let Ok(pod) = serde_json::from_value::<Pod>((*change.new).clone()) else {
+                    return;
+                };
+                let Some((node, line)) = node_line(&pod) else {
+                    return;
+                };
+                let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                if change.kind == ChangeKind::Deleted {
+                    lines.remove(&node);
+                } else {
+                    lines.insert(node, line);
+                }
+            }
+        };
+        for change in &started.replay {
+            apply(change);
+        }
+        let task = tokio::spawn({
+            let (store, lines) = (store.clone(), lines.clone());
+            let mut live = started.live;
+            async move {
+                loop {
+                    match live.recv().await {
+                        Ok(change) => apply(&change),
+                        // Fell behind the feed: start again from the pods as they are.
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let Ok(again) = watching(&store) else { return };
+                            lines.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                            for change in &again.replay {
+                                apply(change);
+                            }
+                            live = again.live;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(PodLines { task, lines })
+    }
+
+    /// The lines as they are now.
+    pub(super) fn snapshot(&self) -> BTreeMap<String, NodeLine> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The line of a member pod of the demo's StaticPod (in the default namespace), by node.
+fn node_line(p: &Pod) -> Option<(String, NodeLine)> {
+    if p.metadata.namespace.as_deref() != Some("default") || !is_member_pod("nginx", p) {
+        return None;
+    }
+    let node = p.spec.as_ref()?.node_name.clone()?;
+    let image = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let hash = pod_hash(p).unwrap_or("(none)").to_string();
+    let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let condition = |type_: &str| conditions.and_then(|cs| cs.iter().find(|c| c.type_ == type_));
+    let need_upgrade = condition(crate::ota::NEED_UPGRADE).map(|c| c.status.clone());
+    let image_ready = condition(crate::images::IMAGE_READY)
+        .map(|c| (c.status.clone(), c.message.clone().unwrap_or_default()));
+    Some((
+        node,
+        NodeLine {
+            image,
+            hash,
+            ready: pod_ready(p),
+            need_upgrade,
+            image_ready,
+        },
+    ))
 }
 
 pub(super) fn status_row(sp: &StaticPod) -> (i32, i32, i32) {
@@ -83,7 +149,7 @@ const MAX_NODE_LINES: usize = 24;
 
 pub(super) async fn follow(
     sps: &Api<StaticPod>,
-    pods: &Api<Pod>,
+    pods: &PodLines,
     timeout: Duration,
     mut done: impl FnMut(&StaticPod, &BTreeMap<String, NodeLine>) -> bool,
 ) -> Result<(), DemoError> {
@@ -92,7 +158,7 @@ pub(super) async fn follow(
     let mut last_nodes = BTreeMap::new();
     loop {
         let sp = sps.get("nginx").await?;
-        let nodes = node_lines(pods).await?;
+        let nodes = pods.snapshot();
         let row = status_row(&sp);
         if Some(row) != last_row {
             let created = sp

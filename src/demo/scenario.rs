@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -15,7 +15,7 @@ use super::agents::start_agents;
 use super::cluster::{print_access, start_cluster};
 use super::grants::{GrantFigures, GrantWatch};
 use super::ota::play_ota;
-use super::progress::{follow, node_lines, status_row, table_header, wait_until};
+use super::progress::{PodLines, follow, status_row, table_header, wait_until};
 use super::{AgentMode, DemoError, DemoOptions, wait_for_shutdown};
 use crate::resources::{self, StaticPod};
 use crate::sim::apiserver::UsageCounts;
@@ -41,7 +41,7 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     println!("== staticpod-puller demo: {n} edge nodes, StaticPod nginx {OLD_IMAGE} → {NEW_IMAGE}");
     let cluster = start_cluster(&options).await?;
     let client = cluster.admin_client().await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pods = PodLines::start(cluster.store())?;
     let sps: Api<StaticPod> = Api::namespaced(client.clone(), "default");
 
     println!("-- each node gets a hand-placed /etc/kubernetes/manifests/nginx.yaml ({OLD_IMAGE})");
@@ -52,14 +52,7 @@ pub async fn play(options: DemoOptions) -> Result<(), DemoError> {
     wait_until(
         Duration::from_secs(60),
         "the hand-placed pods to be Ready",
-        || async {
-            Ok(node_lines(&pods)
-                .await?
-                .values()
-                .filter(|l| l.ready)
-                .count()
-                == n)
-        },
+        || async { Ok(pods.snapshot().values().filter(|l| l.ready).count() == n) },
     )
     .await?;
 
