@@ -803,6 +803,37 @@ async fn kubelet_mirrors_manifest_files_and_ignores_dot_files() {
     assert_eq!(local, [name.as_str()], "the pods in kubelet's /pods");
 }
 
+/// With a poll longer than the test, only the directory's events and the pods' own due
+/// transitions can move the kubelet: a written file is mirrored and turns Ready, a changed one
+/// is replaced, within seconds. A node without sockets serves neither `/pods` nor the CRI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_reacts_to_its_directory_at_once_and_to_transitions_when_due() {
+    let env = start_with(1, |o| {
+        o.timings.poll = Duration::from_secs(600);
+        o.sockets = false;
+    })
+    .await;
+    let node = &env.cluster.nodes()[0];
+    assert_eq!(node.kubelet.pods_url(), None);
+    assert_eq!(node.kubelet.cri_endpoint(), None);
+    let (pods, name) = (env.pods(), format!("nginx-{NODE}"));
+    write_manifest(
+        &node.manifest_dir,
+        "nginx.yaml",
+        &manifest("nginx", "nginx:1.19.1"),
+    );
+    let first = wait_pod(&pods, &name, "Ready", is_ready).await;
+    write_manifest(
+        &node.manifest_dir,
+        "nginx.yaml",
+        &manifest("nginx", "nginx:1.19.2"),
+    );
+    wait_pod(&pods, &name, "Ready on the changed file", |p| {
+        is_ready(p) && config_hash(p) != config_hash(&first)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_replaces_on_change_removes_on_delete_and_recreates() {
     let env = start(1).await;
