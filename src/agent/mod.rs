@@ -239,6 +239,7 @@ impl Agent {
             connectivity,
             applied,
             last_cached,
+            selected: None,
             memory: Memory::default(),
         };
         Ok(Agent {

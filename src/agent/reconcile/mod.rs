@@ -75,6 +75,16 @@ pub(super) struct Reconciler {
     pub(super) last_cached: BTreeMap<ObjectKey, DesiredObject>,
     /// What earlier passes saw and reported.
     pub(super) memory: Memory,
+    /// The desired state last selected from the caches, with what it came from.
+    pub(super) selected: Option<Selected>,
+}
+
+/// The desired state selected from the objects with these (uid, resourceVersion): a pass over
+/// the same objects uses it again instead of rendering every template once a second.
+pub(super) struct Selected {
+    from: Vec<(String, String)>,
+    desired: BTreeMap<ObjectKey, DesiredObject>,
+    refusals: Vec<Refusal>,
 }
 
 /// What the pass remembers between passes, so it reports a thing once.
@@ -94,13 +104,34 @@ pub(super) struct Memory {
 
 impl Reconciler {
     /// The desired objects and refusals, from the caches.
-    fn desired(&self) -> (BTreeMap<ObjectKey, DesiredObject>, Vec<Refusal>) {
-        cluster::select(
-            &self.caches.static_pods.state(),
-            &self.caches.yurt_static_sets.state(),
+    fn desired(&mut self) -> (BTreeMap<ObjectKey, DesiredObject>, Vec<Refusal>) {
+        let static_pods = self.caches.static_pods.state();
+        let yurt_static_sets = self.caches.yurt_static_sets.state();
+        let version = |m: &kube::api::ObjectMeta| {
+            let uid = m.uid.clone().unwrap_or_default();
+            (uid, m.resource_version.clone().unwrap_or_default())
+        };
+        let mut from: Vec<(String, String)> = static_pods
+            .iter()
+            .map(|o| version(&o.metadata))
+            .chain(yurt_static_sets.iter().map(|o| version(&o.metadata)))
+            .collect();
+        from.sort_unstable();
+        if let Some(s) = self.selected.as_ref().filter(|s| s.from == from) {
+            return (s.desired.clone(), s.refusals.clone());
+        }
+        let (desired, refusals) = cluster::select(
+            &static_pods,
+            &yurt_static_sets,
             self.template_policy.as_ref(),
             &self.config.namespaces,
-        )
+        );
+        self.selected = Some(Selected {
+            from,
+            desired: desired.clone(),
+            refusals: refusals.clone(),
+        });
+        (desired, refusals)
     }
 
     /// One pass. Returns what is not converged yet (for `sync --once`).
@@ -120,8 +151,15 @@ impl Reconciler {
             }
         }
         if desired != self.last_cached {
-            if let Err(e) = cache::save(&self.store, &desired) {
-                tracing::warn!(error = %e, "saving the desired-state cache");
+            // Off the runtime's threads: an fsync on slow storage must not hold up the agent's
+            // other work (its local API, its watches), nor, in the demo, a thousand agents'.
+            let (store, saving) = (self.store.clone(), desired.clone());
+            match tokio::task::spawn_blocking(move || cache::save(&store, &saving)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "saving the desired-state cache"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "saving the desired-state cache: the task failed")
+                }
             }
             self.last_cached = desired.clone();
         }
