@@ -72,7 +72,7 @@ pub(super) fn pod_status(pod: &LocalPod, now: Instant, broken: &HashSet<String>)
                 json!({"waiting": {"reason": "CrashLoopBackOff",
                                    "message": format!("back-off restarting failed container {name}")}})
             } else {
-                json!({"running": {"startedAt": now_rfc3339()}})
+                json!({"running": {"startedAt": pod.started_at}})
             };
             json!({"name": name, "image": image, "imageID": format!("sim://{image}"), "ready": ready,
                    "restartCount": if started && broken.contains(image) { 1 } else { 0 },

@@ -21,6 +21,9 @@ pub(super) struct LocalPod {
     pub(super) appear_at: Instant,
     /// When the containers are up (Ready unless the image is broken).
     pub(super) ready_at: Instant,
+    /// The containers' `startedAt` (RFC 3339), fixed when the pod is planned, so a status
+    /// computed again is equal to the one reported and costs no write.
+    pub(super) started_at: String,
     /// Killed (being replaced or removed): never Ready again.
     pub(super) killed: bool,
     /// The mirror pod was seen missing (deleted through the API): recreate at this time.

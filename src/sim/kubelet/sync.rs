@@ -17,7 +17,7 @@ use super::state::{FileStamp, LocalPod, State, Transition, lock};
 use super::{BrokenImages, Timings, pods_key};
 use crate::sim::runtime::ImageStore;
 use crate::sim::selector::Selectors;
-use crate::sim::store::{Store, Subresource};
+use crate::sim::store::{Store, Subresource, rfc3339_after};
 
 /// Far enough in the future to never come in a test or a demo.
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -194,6 +194,7 @@ impl Sync {
             manifest: parsed.manifest.clone(),
             appear_at,
             ready_at: started_at + self.timings.ready,
+            started_at: rfc3339_after(started_at.saturating_duration_since(now)),
             killed: false,
             recreate_at: None,
             reported: None,

@@ -7,6 +7,18 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
+/// RFC 3339 UTC time with second precision, `after` from now.
+pub fn rfc3339_after(after: std::time::Duration) -> String {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let now = Timestamp::now();
+    SignedDuration::try_from(after)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(now)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 pub(in crate::sim) fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; N];

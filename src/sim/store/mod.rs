@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 pub use fields::meta_str;
-pub use generated::now_rfc3339;
 pub(super) use generated::random_bytes;
+pub use generated::{now_rfc3339, rfc3339_after};
 pub use watch::{WatchFrom, WatchStart};
 
 use super::admission::crd_rules::SchemaRules;
