@@ -21,31 +21,7 @@ pub struct DirEvents {
 impl DirEvents {
     pub fn new() -> Arc<DirEvents> {
         let wakers: Wakers = Arc::default();
-        let watcher = notify::recommended_watcher({
-            let wakers = wakers.clone();
-            move |event: notify::Result<notify::Event>| {
-                let Ok(event) = event else { return };
-                // Reads are not changes: the kubelet's own would wake it again, for ever.
-                if matches!(event.kind, notify::EventKind::Access(_)) {
-                    return;
-                }
-                let wakers = wakers.read().unwrap_or_else(|e| e.into_inner());
-                for path in &event.paths {
-                    // A file in a watched directory, or the directory itself.
-                    let dir = path.parent().filter(|d| wakers.contains_key(*d));
-                    if let Some(waker) = wakers.get(dir.unwrap_or(path)) {
-                        waker.notify_one();
-                    }
-                }
-            }
-        });
-        let watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "simulated kubelets cannot watch their manifest directories; they poll");
-                None
-            }
-        };
+        let watcher = start_watcher(&wakers).ok();
         Arc::new(DirEvents {
             wakers,
             watcher: Mutex::new(watcher),
@@ -62,6 +38,15 @@ impl DirEvents {
             .unwrap_or_else(|e| e.into_inner())
             .insert(dir.to_path_buf(), waker.clone());
         let mut watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        // Instances may have been freed since (the per-user limit is shared with every agent).
+        if watcher.is_none() {
+            match start_watcher(&self.wakers) {
+                Ok(w) => *watcher = Some(w),
+                Err(e) => {
+                    tracing::debug!(error = %e, "simulated kubelets cannot watch their manifest directories; they poll")
+                }
+            }
+        }
         if let Some(w) = watcher.as_mut()
             && let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive)
         {
@@ -86,4 +71,24 @@ impl DirEvents {
             let _ = w.unwatch(dir);
         }
     }
+}
+
+/// An inotify watch whose events wake the kubelet of the directory they happen in.
+fn start_watcher(wakers: &Wakers) -> notify::Result<notify::RecommendedWatcher> {
+    let wakers = wakers.clone();
+    notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        // Reads are not changes: the kubelet's own would wake it again, for ever.
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let wakers = wakers.read().unwrap_or_else(|e| e.into_inner());
+        for path in &event.paths {
+            // A file in a watched directory, or the directory itself.
+            let dir = path.parent().filter(|d| wakers.contains_key(*d));
+            if let Some(waker) = wakers.get(dir.unwrap_or(path)) {
+                waker.notify_one();
+            }
+        }
+    })
 }
