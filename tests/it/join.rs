@@ -47,12 +47,23 @@ fn stamp(path: &Path) -> (u64, i64, i64) {
 struct Node {
     _dir: tempfile::TempDir,
     cluster: DevCluster,
+    /// The cluster's controller: a rolling upgrade the join's sync starts needs its grant.
+    _controller: Controller,
     name: String,
     kubeconfig: PathBuf,
     manifest_dir: PathBuf,
     state_dir: PathBuf,
     /// Where join puts the configuration (as /etc/staticpod-puller on a real node).
     etc: PathBuf,
+}
+
+/// The controller's task, stopped with the test's node.
+struct Controller(tokio::task::JoinHandle<()>);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Node {
@@ -83,14 +94,27 @@ impl Node {
                                   "spec": {"containers": [{"name": "web", "image": "nginx:1.19.2"}]}}},
         }))
         .expect("a valid StaticPod");
-        let created = Api::<StaticPod>::namespaced(admin, "default")
+        let created = Api::<StaticPod>::namespaced(admin.clone(), "default")
             .create(&PostParams::default(), &sp)
             .await
             .expect("creating the StaticPod");
+        // Whether the agent's first pass finds the hand-placed pod mirrored (then it waits
+        // for a grant) or not yet (down: no grant needed) is a race; a cluster has its
+        // controller either way.
+        let controller = Controller(tokio::spawn(async move {
+            staticpod_puller::controller::run(
+                admin,
+                "staticpod-system",
+                "test-controller",
+                Duration::from_secs(15),
+            )
+            .await;
+        }));
         let etc = dir.path().join("etc");
         let node = Node {
             _dir: dir,
             cluster,
+            _controller: controller,
             name,
             kubeconfig,
             manifest_dir,
