@@ -152,7 +152,13 @@ pub struct Coordinator {
     /// Members whose grant expired unused, and when: passed over for [`STALLED_FOR`] lease
     /// durations.
     stalled: HashMap<(ObjectKey, String), Instant>,
+    /// Objects a grant write failed for (the API server's error), and when to visit them again:
+    /// nothing else may change to bring them back.
+    retry: HashMap<ObjectKey, Instant>,
 }
+
+/// How soon a failed grant write is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Grant writes in flight at once (per batch of a pass).
 const IN_FLIGHT: usize = 32;
@@ -179,6 +185,7 @@ impl Coordinator {
             expectations: Expectations::default(),
             seen: HashMap::new(),
             stalled: HashMap::new(),
+            retry: HashMap::new(),
         }
     }
 
@@ -237,6 +244,7 @@ impl Coordinator {
         missing
             .chain(stalled)
             .chain(self.expectations.timeout(key))
+            .chain(self.retry.get(key).copied())
             .min()
     }
 
@@ -244,6 +252,7 @@ impl Coordinator {
     #[tracing::instrument(skip_all, fields(object = %rollout.key, hash = %rollout.hash))]
     pub async fn coordinate(&mut self, rollout: &Rollout<'_>, now: Instant) -> Decision {
         let key = rollout.key;
+        self.retry.remove(key);
         let cached: Vec<Held> = rollout
             .grants
             .iter()
@@ -375,7 +384,10 @@ impl Coordinator {
                 }
                 // Replaced by a newer grant since: the next pass sees that one.
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => tracing::warn!(grant = %name, error = %e, "deleting a grant"),
+                Err(e) => {
+                    tracing::warn!(grant = %name, error = %e, "deleting a grant; trying again");
+                    self.retry.insert(key.clone(), now + RETRY_AFTER);
+                }
             }
         }
     }
@@ -414,7 +426,10 @@ impl Coordinator {
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     tracing::debug!(node = %node, "grant exists already")
                 }
-                Err(e) => tracing::warn!(node = %node, error = %e, "creating a grant"),
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "creating a grant; trying again");
+                    self.retry.insert(key.clone(), now + RETRY_AFTER);
+                }
             }
         }
     }

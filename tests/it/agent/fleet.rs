@@ -605,3 +605,41 @@ async fn the_controller_is_sent_mirror_pods_only() {
     );
     println!("pod events to the controller: {delivered} for one mirror pod's change");
 }
+
+/// A grant the API server failed to create is asked for again, though nothing else changes:
+/// the controller visits an object again after a failed grant write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_the_api_server_failed_to_create_is_created_again() {
+    let mut env = Env::start(1, Timings::fast()).await;
+    env.hand_place_everywhere("nginx", OLD_IMAGE).await;
+    let (generation, old_hash) = env
+        .create(static_pod("nginx", "nginx", json!(1), web(OLD_IMAGE)))
+        .await;
+    env.start_controller();
+    env.start_agents(Settings::patient());
+    env.wait_agents_saw(&old_hash).await;
+    env.wait_status("nginx", generation, (1, 1, 0), Duration::from_secs(30))
+        .await;
+    env.wait_grants_finished("nginx").await;
+
+    let faults = env.cluster.api().faults().clone();
+    faults.set_internal_errors(true);
+    faults.set_error_rate(staticpod_puller::sim::apiserver::Verb::Create, 1.0);
+    let (generation, new_hash) = env.set_image("nginx", NEW_IMAGE).await;
+    // The controller has visited the new template (its status says so) and no grant exists:
+    // its create was refused.
+    env.wait_status("nginx", generation, (1, 1, 0), Duration::from_secs(30))
+        .await;
+    let grants = env.grant_leases("nginx").await.expect("listing grants");
+    assert!(
+        grants.is_empty(),
+        "every create fails, so no grant: {grants:?}"
+    );
+    faults.clear();
+    env.wait(
+        "the node upgraded once creates succeed again",
+        Duration::from_secs(20),
+        async || env.all_mirrors("nginx", |m| m.ready && m.hash.as_deref() == Some(&new_hash)),
+    )
+    .await;
+}
